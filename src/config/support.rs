@@ -1,0 +1,479 @@
+//! What this build of the edge can actually run, and which accepted keys do nothing.
+//!
+//! Owns: the one table of features a configuration can ask for that are not built yet
+//! (`Config::check_supported`, called by `main` after loading), and the warnings for keys
+//! accepted for FluxMQ compatibility that have no effect (`Config::warnings`). Does not own:
+//! whether values are well-formed (`validate.rs`). When a feature lands, delete its row.
+
+use super::schema::{Config, Family, Listener, Security, Server, SlotInfo};
+use super::sections::{AuthProvider, StorageType};
+use super::{Atom, Auth, ConfigError, Storage};
+
+/// Listener slots this build serves. Add a slot when its listener lands.
+const BUILT_SLOTS: &[&str] = &["server.tcp.v3", "server.tcp.v5"];
+
+/// A feature the configuration can ask for that this build does not have.
+struct NotBuilt {
+    key: &'static str,
+    asked: fn(&Config) -> bool,
+    why: &'static str,
+}
+
+/// Not built yet, one row per feature (listener slots: see [`BUILT_SLOTS`]).
+const NOT_BUILT: &[NotBuilt] = &[
+    NotBuilt {
+        key: "server.admin_api_addr",
+        asked: |c| !c.server.admin_api_addr.is_empty(),
+        why: "the FluxMQ admin API is not part of the edge; remove it or set it to \"\"",
+    },
+    NotBuilt {
+        key: "server.metrics_enabled",
+        asked: |c| c.server.metrics_enabled,
+        why: "OTLP metrics export is not built yet in this version of fluxmq-edge (the edge \
+              serves Prometheus /metrics on server.health_addr); set it to false",
+    },
+    NotBuilt {
+        key: "auth.provider",
+        asked: |c| !c.auth.provider.is_empty(),
+        why: "client authentication (callout, atom) is not built yet in this version of \
+              fluxmq-edge; remove it",
+    },
+    NotBuilt {
+        key: "auth.url",
+        asked: |c| !c.auth.url.is_empty(),
+        why: "the auth callout is not built yet in this version of fluxmq-edge; remove it",
+    },
+    NotBuilt {
+        key: "ratelimit.enabled",
+        asked: |c| c.ratelimit.enabled,
+        why: "rate limiting is not built yet in this version of fluxmq-edge; set it to false",
+    },
+    NotBuilt {
+        key: "cluster.enabled",
+        asked: |c| c.cluster.enabled,
+        why: "the cloud cluster link is not built yet in this version of fluxmq-edge; set it \
+              to false",
+    },
+    NotBuilt {
+        key: "storage.type",
+        asked: |c| c.storage.r#type == StorageType::Badger,
+        why: "the on-disk store (badger) is not built yet in this version of fluxmq-edge; use \
+              memory",
+    },
+];
+
+/// A listener feature that is not built yet: `(field, asked, why)`.
+type NotBuiltOnListener = (&'static str, fn(&Listener) -> bool, &'static str);
+
+/// Not built yet on any listener.
+const NOT_BUILT_PER_LISTENER: &[NotBuiltOnListener] = &[
+    (
+        "ocsp",
+        |l| l.ocsp.enabled(),
+        "OCSP peer checks are not built yet in this version of fluxmq-edge",
+    ),
+    (
+        "crl",
+        |l| l.crl.enabled(),
+        "CRL peer checks are not built yet in this version of fluxmq-edge",
+    ),
+];
+
+fn slot_name(slot: &SlotInfo) -> &'static str {
+    match (slot.family, slot.security) {
+        (Family::MqttTcp, Security::Plain) => "plain MQTT",
+        (Family::MqttTcp, Security::Tls) => "MQTT over TLS",
+        (Family::MqttTcp, Security::MutualTls) => "MQTT over mutual TLS",
+        (Family::MqttWebSocket, _) => "MQTT over WebSocket",
+        (Family::Http, _) => "the HTTP publish bridge",
+        (Family::Coap, _) => "the CoAP bridge",
+        (Family::Amqp, _) => "AMQP 1.0",
+        (Family::Amqp091, _) => "AMQP 0.9.1",
+    }
+}
+
+impl Config {
+    /// Refuses, naming the key, anything this build cannot do yet. `load` does not call it;
+    /// `main` does, so `--check-config` can still show a configuration meant for later.
+    pub fn check_supported(&self, origin: &str) -> Result<(), ConfigError> {
+        for (slot, listener) in self.server.slots() {
+            if !listener.enabled() {
+                continue;
+            }
+            if !BUILT_SLOTS.contains(&slot.key) {
+                return Err(ConfigError::new(
+                    origin,
+                    format!("{}.addr", slot.key),
+                    format!(
+                        "{} is not built yet in this version of fluxmq-edge; set it to \"\"",
+                        slot_name(&slot)
+                    ),
+                ));
+            }
+            for (field, asked, why) in NOT_BUILT_PER_LISTENER {
+                if asked(listener) {
+                    return Err(ConfigError::new(
+                        origin,
+                        format!("{}.{field}", slot.key),
+                        *why,
+                    ));
+                }
+            }
+        }
+        match NOT_BUILT.iter().find(|row| (row.asked)(self)) {
+            Some(row) => Err(ConfigError::new(origin, row.key, row.why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Warnings for keys that are accepted for compatibility but have no effect at the edge
+    /// (e.g. broker.async_fan_out, fan_out_workers, otel_* when metrics are off,
+    /// prefer_server_cipher_suites): each a line "key: why". The caller logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut warn = |key: &str, why: &str| out.push(format!("{key}: {why}"));
+        let compat = "accepted for FluxMQ compatibility; no effect at the edge";
+        if self.broker.async_fan_out {
+            warn(
+                "broker.async_fan_out",
+                &format!("{compat} (the core fans out in one pass)"),
+            );
+        }
+        if self.broker.fan_out_workers != 0 {
+            warn(
+                "broker.fan_out_workers",
+                &format!("{compat} (the core is single-threaded)"),
+            );
+        }
+        server_warnings(&self.server, &mut warn);
+        auth_warnings(&self.auth, &mut warn);
+        storage_warnings(&self.storage, &mut warn);
+        if self.ratelimit.enabled {
+            for (path, bucket) in self.ratelimit.buckets() {
+                if bucket.enabled && bucket.rate == 0.0 && bucket.burst == 0 {
+                    warn(path, "rate 0 and burst 0: every request is refused");
+                }
+            }
+        }
+        out
+    }
+}
+
+fn server_warnings(s: &Server, warn: &mut impl FnMut(&str, &str)) {
+    let d = Server::default();
+    if !s.metrics_enabled {
+        let changed = [
+            ("server.metrics_addr", s.metrics_addr != d.metrics_addr),
+            (
+                "server.otel_service_name",
+                s.otel_service_name != d.otel_service_name,
+            ),
+            (
+                "server.otel_service_version",
+                s.otel_service_version != d.otel_service_version,
+            ),
+            (
+                "server.otel_metrics_enabled",
+                s.otel_metrics_enabled != d.otel_metrics_enabled,
+            ),
+            (
+                "server.otel_traces_enabled",
+                s.otel_traces_enabled != d.otel_traces_enabled,
+            ),
+            (
+                "server.otel_trace_sample_rate",
+                s.otel_trace_sample_rate != d.otel_trace_sample_rate,
+            ),
+            ("server.otel_insecure", s.otel_insecure != d.otel_insecure),
+            ("server.otel_ca_file", s.otel_ca_file != d.otel_ca_file),
+            (
+                "server.otel_cert_file",
+                s.otel_cert_file != d.otel_cert_file,
+            ),
+            ("server.otel_key_file", s.otel_key_file != d.otel_key_file),
+        ];
+        for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
+            warn(
+                key,
+                "no effect while server.metrics_enabled is false (no OTLP export)",
+            );
+        }
+    }
+    if s.health_enabled && s.health_addr.is_empty() {
+        warn(
+            "server.health_addr",
+            "empty: no health listener although health_enabled is true",
+        );
+    }
+    for (slot, l) in s.slots() {
+        for field in inapplicable_fields(&slot, l) {
+            warn(
+                &format!("{}.{field}", slot.key),
+                "has no effect on this slot",
+            );
+        }
+        if l.prefer_server_cipher_suites {
+            warn(
+                &format!("{}.prefer_server_cipher_suites", slot.key),
+                "accepted for FluxMQ compatibility; no effect (the TLS library orders suites)",
+            );
+        }
+        if slot.family == Family::Coap && !l.min_version.is_empty() {
+            warn(
+                &format!("{}.min_version", slot.key),
+                "ignored for DTLS (as in FluxMQ)",
+            );
+        }
+    }
+}
+
+/// Listener keys set away from their default on a slot whose protocol does not use them.
+fn inapplicable_fields(slot: &SlotInfo, l: &Listener) -> Vec<&'static str> {
+    use Family::*;
+    let d = Listener::default();
+    let f = slot.family;
+    let rows = [
+        (
+            "max_connections",
+            l.max_connections != d.max_connections,
+            f != Http && f != Coap,
+        ),
+        (
+            "read_timeout",
+            l.read_timeout != d.read_timeout,
+            matches!(f, MqttTcp | MqttWebSocket),
+        ),
+        (
+            "write_timeout",
+            l.write_timeout != d.write_timeout,
+            matches!(f, MqttTcp | MqttWebSocket),
+        ),
+        (
+            "protocol",
+            slot.protocol.is_none() && !l.protocol.is_empty(),
+            false,
+        ),
+        ("path", l.path != d.path, f == MqttWebSocket),
+        (
+            "allowed_origins",
+            !l.allowed_origins.is_empty(),
+            f == MqttWebSocket,
+        ),
+        (
+            "handshake_timeout",
+            l.handshake_timeout != d.handshake_timeout,
+            matches!(f, Amqp | Amqp091),
+        ),
+    ];
+    rows.iter()
+        .filter(|(_, set, applies)| *set && !applies)
+        .map(|(k, _, _)| *k)
+        .collect()
+}
+
+fn auth_warnings(a: &Auth, warn: &mut impl FnMut(&str, &str)) {
+    let kind = a.provider_kind();
+    if kind == Ok(AuthProvider::Atom) {
+        if !a.url.is_empty() {
+            warn("auth.url", "ignored by the atom provider");
+        }
+        if a.transport != Auth::default().transport {
+            warn(
+                "auth.transport",
+                "callout only; ignored by the atom provider",
+            );
+        }
+        let atom = &a.atom;
+        if atom.insecure && !(atom.ca_file.is_empty() && atom.cert_file.is_empty()) {
+            warn(
+                "auth.atom.insecure",
+                "plaintext gRPC: ca_file, cert_file and key_file are unused",
+            );
+        }
+    } else if a.atom != Atom::default() {
+        warn("auth.atom", "no effect unless auth.provider is atom");
+    }
+    if kind == Ok(AuthProvider::Disabled) && !a.protocols.is_empty() {
+        warn(
+            "auth.protocols",
+            "no effect: no auth provider is configured",
+        );
+    }
+}
+
+fn storage_warnings(s: &Storage, warn: &mut impl FnMut(&str, &str)) {
+    if s.r#type != StorageType::Memory {
+        return;
+    }
+    let d = Storage::default();
+    let changed = [
+        ("storage.badger_dir", s.badger_dir != d.badger_dir),
+        ("storage.sync_writes", s.sync_writes),
+        ("storage.recover_on_startup", s.recover_on_startup),
+    ];
+    for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
+        warn(key, "no effect with storage.type memory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        let mut c = Config::default();
+        c.server.tcp.v3.addr = ":1883".to_owned();
+        c.server.tcp.v5.addr = ":1884".to_owned();
+        c
+    }
+
+    #[test]
+    fn built_features_pass() {
+        base().check_supported("t").expect("v3 + v5 + health");
+        let mut c = base();
+        c.server.tcp.tls.cert_file = "kept for later".to_owned(); // disabled slot: fine
+        c.check_supported("t").expect("disabled slot");
+    }
+
+    #[test]
+    fn unbuilt_features_are_refused_by_key() {
+        type Edit = fn(&mut Config);
+        let cases: &[(Edit, &str)] = &[
+            (
+                |c| c.server.tcp.tls.addr = ":8883".into(),
+                "server.tcp.tls.addr: MQTT over TLS is not built yet",
+            ),
+            (
+                |c| c.server.tcp.mtls.addr = ":8884".into(),
+                "server.tcp.mtls.addr: MQTT over mutual TLS is not built yet",
+            ),
+            (
+                |c| c.server.websocket.v3.addr = ":8083".into(),
+                "server.websocket.v3.addr: MQTT over WebSocket",
+            ),
+            (
+                |c| c.server.websocket.mtls.addr = ":8084".into(),
+                "server.websocket.mtls.addr: ",
+            ),
+            (
+                |c| c.server.http.plain.addr = ":8080".into(),
+                "server.http.plain.addr: the HTTP publish bridge",
+            ),
+            (
+                |c| c.server.http.tls.addr = ":8443".into(),
+                "server.http.tls.addr: ",
+            ),
+            (
+                |c| c.server.coap.plain.addr = ":5683".into(),
+                "server.coap.plain.addr: the CoAP bridge",
+            ),
+            (
+                |c| c.server.coap.mdtls.addr = ":5684".into(),
+                "server.coap.mdtls.addr: ",
+            ),
+            (
+                |c| c.server.amqp.plain.addr = ":5672".into(),
+                "server.amqp.plain.addr: AMQP 1.0",
+            ),
+            (
+                |c| c.server.amqp091.mtls.addr = ":5681".into(),
+                "server.amqp091.mtls.addr: AMQP 0.9.1",
+            ),
+            (
+                |c| c.server.tcp.v3.ocsp.depth = 1,
+                "server.tcp.v3.ocsp: OCSP peer checks",
+            ),
+            (
+                |c| c.server.admin_api_addr = ":8082".into(),
+                "server.admin_api_addr: the FluxMQ admin API is not part of the edge; remove it or set it to \"\"",
+            ),
+            (
+                |c| c.server.metrics_enabled = true,
+                "server.metrics_enabled: OTLP metrics export is not built yet",
+            ),
+            (
+                |c| c.auth.provider = "atom".into(),
+                "auth.provider: client authentication",
+            ),
+            (
+                |c| c.auth.url = "https://a:1".into(),
+                "auth.url: the auth callout is not built yet",
+            ),
+            (
+                |c| c.ratelimit.enabled = true,
+                "ratelimit.enabled: rate limiting is not built yet",
+            ),
+            (
+                |c| c.cluster.enabled = true,
+                "cluster.enabled: the cloud cluster link is not built yet",
+            ),
+            (
+                |c| c.storage.r#type = StorageType::Badger,
+                "storage.type: the on-disk store (badger) is not built yet",
+            ),
+        ];
+        for (edit, want) in cases {
+            let mut c = base();
+            edit(&mut c);
+            let e = c.check_supported("edge.yaml").expect_err(want).to_string();
+            assert!(
+                e.starts_with(&format!("config error in edge.yaml: {want}")),
+                "{e}"
+            );
+            let key = want.split(':').next().unwrap_or_default();
+            let admin = key == "server.admin_api_addr";
+            assert!(
+                admin || e.contains("not built yet in this version of fluxmq-edge"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_warnings_for_defaults() {
+        assert_eq!(base().warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn warnings_name_key_and_reason() {
+        let mut c = base();
+        c.broker.async_fan_out = true;
+        c.broker.fan_out_workers = 4;
+        c.server.otel_service_name = "edge".into();
+        c.server.tcp.tls.prefer_server_cipher_suites = true;
+        c.server.tcp.v3.path = "/ws".into();
+        c.server.amqp.plain.read_timeout = std::time::Duration::from_secs(5);
+        c.server.http.plain.protocol = "v5".into();
+        c.server.coap.dtls.min_version = "1.2".into();
+        c.storage.sync_writes = true;
+        c.auth.atom.grpc_addr = "atom:8081".into();
+        let w = c.warnings();
+        let keys: Vec<&str> = w
+            .iter()
+            .map(|l| l.split(':').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "broker.async_fan_out",
+                "broker.fan_out_workers",
+                "server.otel_service_name",
+                "server.tcp.v3.path",
+                "server.tcp.tls.prefer_server_cipher_suites",
+                "server.http.plain.protocol",
+                "server.coap.dtls.min_version",
+                "server.amqp.plain.read_timeout",
+                "auth.atom",
+                "storage.sync_writes",
+            ]
+        );
+        assert!(
+            w.iter()
+                .all(|l| l.split_once(": ").is_some_and(|(_, why)| !why.is_empty()))
+        );
+        let mut atom = base();
+        atom.auth.provider = "atom".into();
+        atom.auth.url = "https://x".into();
+        assert_eq!(atom.warnings(), ["auth.url: ignored by the atom provider"]);
+    }
+}

@@ -1,0 +1,271 @@
+//! Counters and gauges, rendered as Prometheus text on the health listener. Every refusal,
+//! drop and connection close is counted here by a named reason, and logged (rate-limited to
+//! one line per reason per second, carrying the count since the previous line, so that a
+//! flood of drops cannot flood the log).
+//!
+//! Single-threaded: plain `Cell`s, shared by `Rc`.
+
+use std::cell::Cell;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+macro_rules! reasons {
+    ($(#[$m:meta])* $name:ident { $($v:ident => $s:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($v),* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+            pub fn label(self) -> &'static str { match self { $($name::$v => $s),* } }
+        }
+    };
+}
+
+reasons!(
+    /// Why a message was not delivered to (one of) its destinations.
+    DropReason {
+        SlowSubscriberQos0 => "slow_subscriber_qos0",
+        QueueFull => "queue_full",
+        OfflineEvicted => "offline_queue_evicted",
+        OfflineRejected => "offline_queue_rejected",
+        OfflineQos0 => "offline_qos0",
+        Expired => "expired",
+        RetriesExhausted => "retries_exhausted",
+        RetainedFull => "retained_store_full",
+        TooLarge => "too_large",
+        QosNotSupported => "qos_not_supported",
+        NotAuthorized => "not_authorized",
+        PacketTooLargeForClient => "client_max_packet_size",
+        SessionEnded => "session_ended",
+    }
+);
+
+reasons!(
+    /// Why a connection ended (logged once per connection, counted here).
+    CloseReason {
+        ClientDisconnect => "client_disconnect",
+        PeerClosed => "peer_closed",
+        IoError => "io_error",
+        ConnectTimeout => "connect_timeout",
+        KeepAliveTimeout => "keep_alive_timeout",
+        WriteTimeout => "write_timeout",
+        MalformedPacket => "malformed_packet",
+        ProtocolError => "protocol_error",
+        PacketTooLarge => "packet_too_large",
+        ReceiveMaximumExceeded => "receive_maximum_exceeded",
+        TopicAliasInvalid => "topic_alias_invalid",
+        QosNotSupported => "qos_not_supported",
+        ConnectRefused => "connect_refused",
+        TakenOver => "session_taken_over",
+        SlowConsumer => "slow_consumer",
+        ServerShutdown => "server_shutdown",
+        ListenerFull => "listener_full",
+    }
+);
+
+reasons!(
+    /// Plain event counters.
+    Counter {
+        ConnectionsAccepted => "connections_accepted_total",
+        MessagesReceived => "messages_received_total",
+        MessagesDelivered => "messages_delivered_total",
+        BytesReceived => "bytes_received_total",
+        BytesSent => "bytes_sent_total",
+        SubscribeRefused => "subscribe_refused_total",
+        SessionsExpired => "sessions_expired_total",
+        WillsPublished => "wills_published_total",
+        Retransmissions => "retransmissions_total",
+    }
+);
+
+const NDROP: usize = DropReason::ALL.len();
+const NCLOSE: usize = CloseReason::ALL.len();
+const NCOUNT: usize = Counter::ALL.len();
+
+/// Point-in-time gauges, read from the core at render time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub sessions: usize,
+    pub sessions_connected: usize,
+    pub subscriptions: usize,
+    pub retained_messages: usize,
+    pub retained_bytes: usize,
+    pub queued_messages: usize,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    counters: [Cell<u64>; NCOUNT],
+    drops: [Cell<u64>; NDROP],
+    closes: [Cell<u64>; NCLOSE],
+    /// Per drop reason: (count not yet logged, time of the last log line).
+    drop_log: [(Cell<u64>, Cell<Option<Instant>>); NDROP],
+    pub connections: Cell<u64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            counters: std::array::from_fn(|_| Cell::new(0)),
+            drops: std::array::from_fn(|_| Cell::new(0)),
+            closes: std::array::from_fn(|_| Cell::new(0)),
+            drop_log: std::array::from_fn(|_| (Cell::new(0), Cell::new(None))),
+            connections: Cell::new(0),
+        }
+    }
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl Metrics {
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        let cell = &self.counters[c as usize];
+        cell.set(cell.get() + n);
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.counters[c as usize].get()
+    }
+
+    /// Count a dropped message and log it (rate-limited per reason).
+    pub fn count_drop(&self, reason: DropReason, client: &str, topic: &str, now: Instant) {
+        let cell = &self.drops[reason as usize];
+        cell.set(cell.get() + 1);
+        let (pending, last) = &self.drop_log[reason as usize];
+        pending.set(pending.get() + 1);
+        if last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+        {
+            log::warn!(
+                "dropped {} message(s): {} (latest: client {client:?}, topic {topic:?})",
+                pending.get(),
+                reason.label()
+            );
+            pending.set(0);
+            last.set(Some(now));
+        }
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        let cell = &self.closes[reason as usize];
+        cell.set(cell.get() + 1);
+    }
+
+    pub fn closes(&self, reason: CloseReason) -> u64 {
+        self.closes[reason as usize].get()
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut s = String::with_capacity(4096);
+        let gauge = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = write!(
+                s,
+                "# HELP fluxmq_edge_{name} {help}\n# TYPE fluxmq_edge_{name} gauge\nfluxmq_edge_{name} {v}\n"
+            );
+        };
+        gauge(
+            &mut s,
+            "connections",
+            "Open client connections.",
+            self.connections.get(),
+        );
+        gauge(
+            &mut s,
+            "sessions",
+            "Sessions held (connected and offline).",
+            g.sessions as u64,
+        );
+        gauge(
+            &mut s,
+            "sessions_connected",
+            "Sessions with a live connection.",
+            g.sessions_connected as u64,
+        );
+        gauge(
+            &mut s,
+            "subscriptions",
+            "Subscriptions in the router.",
+            g.subscriptions as u64,
+        );
+        gauge(
+            &mut s,
+            "retained_messages",
+            "Retained messages stored.",
+            g.retained_messages as u64,
+        );
+        gauge(
+            &mut s,
+            "retained_bytes",
+            "Bytes held by retained messages.",
+            g.retained_bytes as u64,
+        );
+        gauge(
+            &mut s,
+            "queued_messages",
+            "Messages waiting in session queues.",
+            g.queued_messages as u64,
+        );
+        for &c in Counter::ALL {
+            let _ = write!(
+                s,
+                "# TYPE fluxmq_edge_{0} counter\nfluxmq_edge_{0} {1}\n",
+                c.label(),
+                self.get(c)
+            );
+        }
+        s.push_str(
+            "# HELP fluxmq_edge_messages_dropped_total Messages not delivered, by reason.\n",
+        );
+        s.push_str("# TYPE fluxmq_edge_messages_dropped_total counter\n");
+        for &d in DropReason::ALL {
+            let _ = writeln!(
+                s,
+                "fluxmq_edge_messages_dropped_total{{reason=\"{}\"}} {}",
+                d.label(),
+                self.dropped(d)
+            );
+        }
+        s.push_str("# HELP fluxmq_edge_connections_closed_total Connections ended, by reason.\n");
+        s.push_str("# TYPE fluxmq_edge_connections_closed_total counter\n");
+        for &c in CloseReason::ALL {
+            let _ = writeln!(
+                s,
+                "fluxmq_edge_connections_closed_total{{reason=\"{}\"}} {}",
+                c.label(),
+                self.closes(c)
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_every_reason() {
+        let m = Metrics::default();
+        m.add(Counter::MessagesReceived, 3);
+        m.count_drop(DropReason::QueueFull, "c", "t", Instant::now());
+        m.closed(CloseReason::PeerClosed);
+        let text = m.render(&Gauges {
+            sessions: 2,
+            ..Default::default()
+        });
+        assert!(text.contains("fluxmq_edge_messages_received_total 3"));
+        assert!(text.contains("fluxmq_edge_messages_dropped_total{reason=\"queue_full\"} 1"));
+        assert!(text.contains("fluxmq_edge_connections_closed_total{reason=\"peer_closed\"} 1"));
+        assert!(text.contains("fluxmq_edge_sessions 2"));
+        for d in DropReason::ALL {
+            assert!(text.contains(d.label()));
+        }
+    }
+}

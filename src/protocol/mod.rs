@@ -1,0 +1,5 @@
+//! Wire protocols. One folder per protocol, each a sans-IO codec (bytes in, values out)
+//! plus a connection state machine that talks to the broker core. Nothing here touches a
+//! socket: the drivers in `listener/` own the I/O.
+
+pub mod mqtt;
