@@ -3,13 +3,14 @@
 //! sans-IO `protocol::mqtt::conn::Conn`. The driver is generic over the stream so that TLS
 //! and WebSocket transports feed the same state machine.
 //!
-//! Per wake-up the driver reads what the socket has (one read into the shared buffer),
-//! lets the state machine handle every complete packet, pulls every queued delivery that
-//! fits, and writes all output in one `write` call.
+//! Per wake-up the driver reads what the socket has (into the shared buffer), lets the
+//! state machine handle every complete packet, pulls every queued delivery that fits, and
+//! writes all output with as few `write` calls as the socket allows. One future per
+//! connection, one timer, no per-connection buffer while idle.
 
 use std::cell::Cell;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -89,15 +90,13 @@ pub async fn accept_loop(
     log::debug!("{}: accept loop stopped", spec.name);
 }
 
-enum Event {
-    Progress,
-    Eof,
-    Error(std::io::Error),
-    Timer,
-    Signal,
-}
+/// Reads handled per poll before the driver yields to other tasks (fairness: one busy
+/// publisher cannot starve the executor).
+const READS_PER_POLL: usize = 4;
 
-/// Drive one MQTT connection until it closes.
+/// Drive one MQTT connection until it closes: a single poll loop that writes pending
+/// output, reacts to the core's signal, reads and handles input, and fires the one timer
+/// (keep-alive, CONNECT deadline, v3 retry, or the write timeout while output is stuck).
 pub async fn serve<S>(mut io: S, peer: SocketAddr, shared: &Shared, spec: &Spec)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -108,107 +107,139 @@ where
     let mut conn = Conn::new(spec.accept, peer, spec.read_timeout, max_msg, clock::now());
     let mut timer = Timer::never();
     let mut armed: Option<Instant> = None;
-    loop {
-        if !conn.out().is_empty() {
-            let out = std::mem::take(conn.out());
-            let deadline = Timer::after(spec.write_timeout);
-            let written = future::or(async { io.write_all(&out).await.map(|_| true) }, async {
-                deadline.await;
-                Ok(false)
-            })
-            .await;
-            let mut out = out;
-            let n = out.len() as u64;
-            out.clear();
-            if out.capacity() > KEEP_OUT_CAPACITY {
-                out = Vec::new();
-            }
-            *conn.out() = out;
-            let mut broker = shared.broker.borrow_mut();
-            match written {
-                Ok(true) => {
-                    metrics.add(Counter::BytesSent, n);
-                    conn.poll_deliveries(&mut broker, clock::now());
-                    if !conn.out().is_empty() && !conn.is_closed() {
-                        continue;
+    // Bytes of `conn.out()` already written, and since when the rest has been waiting.
+    let mut written = 0usize;
+    let mut stuck_since: Option<Instant> = None;
+    future::poll_fn(|cx| {
+        let mut reads = 0;
+        loop {
+            // 1. Write what is pending, in as few syscalls as the socket allows.
+            while written < conn.out().len() {
+                match Pin::new(&mut io).poll_write(cx, &conn.out()[written..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        written += n;
+                        metrics.add(Counter::BytesSent, n as u64);
+                    }
+                    Poll::Ready(result) => {
+                        if let Err(e) = result {
+                            log::debug!(
+                                "client {:?} from {peer}: write failed: {e}",
+                                conn.client_id()
+                            );
+                        }
+                        conn.close(
+                            CloseReason::IoError,
+                            &mut shared.broker.borrow_mut(),
+                            Some(clock::now()),
+                        );
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => {
+                        stuck_since.get_or_insert_with(clock::now);
+                        break;
                     }
                 }
-                Ok(false) => {
-                    log::info!("client {:?} from {peer}: write timeout", conn.client_id());
-                    conn.close(CloseReason::WriteTimeout, &mut broker, Some(clock::now()));
-                    break;
-                }
-                Err(e) => {
-                    log::debug!(
-                        "client {:?} from {peer}: write failed: {e}",
-                        conn.client_id()
-                    );
-                    conn.close(CloseReason::IoError, &mut broker, Some(clock::now()));
-                    break;
-                }
             }
-        }
-        if conn.is_closed() {
-            break;
-        }
-        let deadline = conn.next_deadline(&shared.broker.borrow());
-        if let Some(d) = deadline
-            && armed.is_none_or(|a| d < a)
-        {
-            timer.set_at(d);
-            armed = Some(d);
-        }
-        let event = future::poll_fn(|cx| {
-            if let Some(sig) = conn.signal() {
-                if sig.is_pending() {
-                    return Poll::Ready(Event::Signal);
+            if written > 0 && written == conn.out().len() {
+                let out = conn.out();
+                out.clear();
+                if out.capacity() > KEEP_OUT_CAPACITY {
+                    *out = Vec::new();
                 }
-                sig.register(cx.waker());
+                written = 0;
+                stuck_since = None;
             }
-            if conn.wants_read() {
-                let mut buf = shared.read_buf.borrow_mut();
-                match Pin::new(&mut io).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Event::Eof),
-                    Poll::Ready(Ok(n)) => {
-                        let mut broker = shared.broker.borrow_mut();
-                        conn.handle_input(&buf[..n], &mut broker, clock::now());
-                        return Poll::Ready(Event::Progress);
+            if conn.is_closed() {
+                if conn.out().is_empty() {
+                    return Poll::Ready(());
+                }
+            } else {
+                let now = clock::now();
+                let mut broker = shared.broker.borrow_mut();
+                // 2. Deliveries from the core (and kicks).
+                if conn.signal().is_some_and(|s| s.is_pending())
+                    || (written == 0 && conn.out().is_empty())
+                {
+                    let before = conn.out().len();
+                    conn.poll_deliveries(&mut broker, now);
+                    if conn.out().len() > before || conn.is_closed() {
+                        continue; // write it
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Event::Error(e)),
-                    Poll::Pending => {}
                 }
+                if let Some(sig) = conn.signal() {
+                    sig.register(cx.waker());
+                }
+                // 3. Input.
+                if conn.wants_read() && reads < READS_PER_POLL {
+                    let mut buf = shared.read_buf.borrow_mut();
+                    match Pin::new(&mut io).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(0)) => {
+                            log::debug!(
+                                "client {:?} from {peer}: closed by peer",
+                                conn.client_id()
+                            );
+                            conn.close(CloseReason::PeerClosed, &mut broker, Some(now));
+                        }
+                        Poll::Ready(Ok(n)) => conn.handle_input(&buf[..n], &mut broker, now),
+                        Poll::Ready(Err(e)) => {
+                            log::debug!(
+                                "client {:?} from {peer}: read failed: {e}",
+                                conn.client_id()
+                            );
+                            conn.close(CloseReason::IoError, &mut broker, Some(now));
+                        }
+                        Poll::Pending => reads = READS_PER_POLL + 1,
+                    }
+                    if reads <= READS_PER_POLL {
+                        reads += 1;
+                        continue; // handle what was read, write what it produced
+                    }
+                } else if conn.wants_read() {
+                    // Fairness: more input may be waiting; let other tasks run first.
+                    cx.waker().wake_by_ref();
+                }
+                // 4. Time: the state machine's deadline, or the write timeout.
+                if let Some(t) = armed
+                    && t <= now
+                {
+                    armed = None;
+                    conn.handle_timeout(&mut broker, now);
+                    continue;
+                }
+            }
+            if let Some(since) = stuck_since
+                && clock::now() >= since + spec.write_timeout
+            {
+                log::info!("client {:?} from {peer}: write timeout", conn.client_id());
+                conn.close(
+                    CloseReason::WriteTimeout,
+                    &mut shared.broker.borrow_mut(),
+                    Some(clock::now()),
+                );
+                return Poll::Ready(());
+            }
+            let deadline = [
+                conn.next_deadline(&shared.broker.borrow()),
+                stuck_since.map(|s| s + spec.write_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            // Re-arm only for an earlier deadline: a later one (keep-alive pushed back by
+            // input) is found when the armed timer fires, so reads cost no timer updates.
+            if let Some(d) = deadline
+                && armed.is_none_or(|a| d < a)
+            {
+                timer.set_at(d);
+                armed = Some(d);
             }
             if armed.is_some() && Pin::new(&mut timer).poll(cx).is_ready() {
-                return Poll::Ready(Event::Timer);
+                continue;
             }
-            Poll::Pending
-        })
-        .await;
-        let now = clock::now();
-        let mut broker = shared.broker.borrow_mut();
-        match event {
-            Event::Progress => {}
-            Event::Signal => conn.poll_deliveries(&mut broker, now),
-            Event::Timer => {
-                armed = None;
-                conn.handle_timeout(&mut broker, now);
-            }
-            Event::Eof => {
-                log::debug!(
-                    "client {:?} from {peer}: connection closed by peer",
-                    conn.client_id()
-                );
-                conn.close(CloseReason::PeerClosed, &mut broker, Some(now));
-            }
-            Event::Error(e) => {
-                log::debug!(
-                    "client {:?} from {peer}: read failed: {e}",
-                    conn.client_id()
-                );
-                conn.close(CloseReason::IoError, &mut broker, Some(now));
-            }
+            return Poll::Pending;
         }
-    }
+    })
+    .await;
     let _ = io.close().await;
     metrics.connections.set(metrics.connections.get() - 1);
 }
@@ -233,6 +264,3 @@ pub fn parse_addr(addr: &str) -> Result<SocketAddr, String> {
         .next()
         .ok_or_else(|| format!("address {addr:?} resolves to nothing"))
 }
-
-#[allow(dead_code)]
-fn assert_stream(_: &Async<TcpStream>) {}
