@@ -1,0 +1,13 @@
+//! Integration tests: a real broker in-process (or the real binary) on loopback sockets,
+//! driven by real MQTT clients (rumqttc v3.1.1 and v5) and by a raw-bytes client for exact
+//! packets, reason codes and malformed input. Every test starts its own broker on port 0.
+//!
+//! MQTT normative statements are cited by id (`[MQTT-x.y.z-n]`) in test names or comments.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod connect;
+mod publish;
+mod subscribe;
