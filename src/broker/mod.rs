@@ -93,8 +93,10 @@ pub struct Connected {
 pub struct Broker {
     pub limits: Limits,
     pub metrics: Rc<Metrics>,
-    sessions: Slab<Session>,
-    by_client: HashMap<Box<str>, SessionKey>,
+    /// Boxed: the slab's growth then copies pointers, not sessions, and an idle session
+    /// costs its own size rather than a share of a doubled array.
+    sessions: Slab<Box<Session>>,
+    by_client: HashMap<Rc<str>, SessionKey>,
     router: Router,
     retained: retain::Retained,
     next_conn_id: u64,
@@ -189,8 +191,9 @@ impl Broker {
         let (key, present) = match self.by_client.get(req.client_id) {
             Some(&k) => (k, true),
             None => {
-                let k = SessionKey(self.sessions.insert(Session::new(req.client_id)) as u32);
-                self.by_client.insert(req.client_id.into(), k);
+                let id: Rc<str> = req.client_id.into();
+                let k = SessionKey(self.sessions.insert(Box::new(Session::new(id.clone()))) as u32);
+                self.by_client.insert(id, k);
                 (k, false)
             }
         };
@@ -264,7 +267,7 @@ impl Broker {
     fn end_session(&mut self, key: SessionKey, now: Instant) {
         let s = self.sessions.remove(key.0 as usize);
         self.by_client.remove(&s.client_id);
-        for raw in s.subs.keys() {
+        for (raw, _) in &s.subs {
             if let Ok(t) = topic::parse_subscription(raw) {
                 self.router.remove(key, t);
             }
@@ -415,7 +418,7 @@ impl Broker {
         }
         opts.qos = opts.qos.min(self.limits.max_qos);
         let s = &self.sessions[key.0 as usize];
-        let exists = s.subs.contains_key(raw);
+        let exists = s.sub_index(raw).is_some();
         if !exists
             && self.limits.max_subscriptions > 0
             && s.subs.len() >= self.limits.max_subscriptions
@@ -429,7 +432,11 @@ impl Broker {
             return Err(ReasonCode::QuotaExceeded);
         }
         self.router.insert(key, t, opts);
-        self.sessions[key.0 as usize].subs.insert(raw.into(), opts);
+        let s = &mut self.sessions[key.0 as usize];
+        match s.sub_index(raw) {
+            Some(i) => s.subs[i].1 = opts,
+            None => s.subs.push((raw.into(), opts)),
+        }
         // Retained messages are not sent for shared subscriptions [MQTT-4.8.2-?]: FluxMQ and
         // the spec's intent; a shared group is a work queue.
         if t.group.is_none() && (retain_handling == 0 || (retain_handling == 1 && !exists)) {
@@ -453,8 +460,12 @@ impl Broker {
         let Ok(t) = topic::parse_subscription(raw) else {
             return false;
         };
-        if self.sessions[key.0 as usize].subs.remove(raw).is_none() {
-            return false;
+        let s = &mut self.sessions[key.0 as usize];
+        match s.sub_index(raw) {
+            Some(i) => {
+                s.subs.swap_remove(i);
+            }
+            None => return false,
         }
         self.router.remove(key, t)
     }

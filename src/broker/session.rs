@@ -7,7 +7,7 @@
 //! the MQTT adapter uses as packet identifiers.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
@@ -145,9 +145,12 @@ pub struct Conn {
 
 #[derive(Debug)]
 pub struct Session {
-    pub client_id: Box<str>,
-    /// Raw subscription topic (with any `$share/g/` prefix) -> options.
-    pub subs: HashMap<Box<str>, SubOpts>,
+    /// Shared with the broker's index and the connection (one allocation).
+    pub client_id: Rc<str>,
+    /// Raw subscription topic (with any `$share/g/` prefix) and its options. A short list
+    /// (capped by `session.max_subscriptions`): a vector costs an idle session less than a
+    /// map.
+    pub subs: Vec<(Box<str>, SubOpts)>,
     pub queue: VecDeque<Delivery>,
     pub queue_bytes: usize,
     pub inflight: VecDeque<Inflight>,
@@ -162,10 +165,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: &str) -> Session {
+    pub fn new(client_id: Rc<str>) -> Session {
         Session {
-            client_id: client_id.into(),
-            subs: HashMap::new(),
+            client_id,
+            subs: Vec::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,
             inflight: VecDeque::new(),
@@ -177,6 +180,10 @@ impl Session {
             will: None,
             will_at: None,
         }
+    }
+
+    pub fn sub_index(&self, raw: &str) -> Option<usize> {
+        self.subs.iter().position(|(t, _)| &**t == raw)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -319,7 +326,7 @@ mod tests {
     };
 
     fn online() -> Session {
-        let mut s = Session::new("c");
+        let mut s = Session::new("c".into());
         s.conn = Some(Conn {
             conn_id: 1,
             signal: Rc::default(),
@@ -343,7 +350,7 @@ mod tests {
 
     #[test]
     fn offline_policies() {
-        let mut s = Session::new("c");
+        let mut s = Session::new("c".into());
         assert_eq!(
             s.push(d(QoS::AtMostOnce), &LIM),
             Push::Refused(DropReason::OfflineQos0)
@@ -370,7 +377,7 @@ mod tests {
             bytes: per * 2,
             ..LIM
         };
-        let mut t = Session::new("c");
+        let mut t = Session::new("c".into());
         t.push(d(QoS::AtLeastOnce), &tiny);
         t.push(d(QoS::AtLeastOnce), &tiny);
         assert_eq!(
@@ -382,7 +389,7 @@ mod tests {
 
     #[test]
     fn pkids_skip_zero_and_inflight() {
-        let mut s = Session::new("c");
+        let mut s = Session::new("c".into());
         s.next_pkid = u16::MAX - 1;
         assert_eq!(s.next_pkid(), u16::MAX);
         assert_eq!(s.next_pkid(), 1);

@@ -47,7 +47,7 @@ pub struct Conn {
     peer: SocketAddr,
     version: Option<Version>,
     session: Option<Attached>,
-    client_id: Box<str>,
+    client_id: Rc<str>,
     /// Bytes of a packet not yet complete (empty, and unallocated, between packets).
     partial: Vec<u8>,
     /// Size of the frame whose start is in `partial`, when its header has been read.
@@ -55,20 +55,26 @@ pub struct Conn {
     out: Vec<u8>,
     max_frame: usize,
     connect_deadline: Instant,
-    keep_alive: Duration,
+    /// Keep-alive in seconds (0 = none).
+    keep_alive: u16,
     last_rx: Instant,
     /// Client limits from CONNECT (v5).
     receive_max: u16,
     max_packet_out: usize,
     alias_max_out: u16,
     problem_info: bool,
-    aliases_in: Vec<Option<Box<str>>>,
-    aliases_out: HashMap<Box<str>, u16>,
+    /// Topic alias tables, allocated on first use (most connections never alias).
+    aliases: Option<Box<Aliases>>,
     connect_expiry: u32,
     closed: Option<CloseReason>,
     /// Publish the will when this connection ends (false after a normal DISCONNECT).
     will_on_close: bool,
-    scratch_props: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Aliases {
+    inbound: Vec<Option<Box<str>>>,
+    outbound: HashMap<Box<str>, u16>,
 }
 
 impl Conn {
@@ -84,24 +90,22 @@ impl Conn {
             peer,
             version: None,
             session: None,
-            client_id: Box::from(""),
+            client_id: Rc::from(""),
             partial: Vec::new(),
             partial_need: 0,
             out: Vec::new(),
             max_frame: max_message_size + FRAME_OVERHEAD,
             connect_deadline: now + read_timeout,
-            keep_alive: Duration::ZERO,
+            keep_alive: 0,
             last_rx: now,
             receive_max: u16::MAX,
             max_packet_out: usize::MAX,
             alias_max_out: 0,
             problem_info: true,
-            aliases_in: Vec::new(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             connect_expiry: 0,
             closed: None,
             will_on_close: true,
-            scratch_props: Vec::new(),
         }
     }
 
@@ -397,7 +401,7 @@ impl Conn {
             Err(code) => return self.connack_refuse(v, code, "session refused", broker),
         };
         self.version = Some(v);
-        self.client_id = client_id.into();
+        self.client_id = broker.session(connected.key).client_id.clone();
         self.connect_expiry = expiry;
         // Keep-alive, capped by broker.max_keep_alive when set (announced as Server Keep
         // Alive in v5 [MQTT-3.2.2-21]).
@@ -407,7 +411,7 @@ impl Conn {
             ka = lim.max_keep_alive;
             server_ka = Some(ka);
         }
-        self.keep_alive = Duration::from_secs(u64::from(ka));
+        self.keep_alive = ka;
         self.receive_max = c.props.receive_maximum.unwrap_or(u16::MAX);
         self.max_packet_out = c
             .props
@@ -481,8 +485,7 @@ impl Conn {
 
     /// Message-level properties of a v5 PUBLISH or will, in wire form, for the stored message.
     fn message_props(&mut self, p: &Properties<'_>) -> Vec<u8> {
-        let mut out = std::mem::take(&mut self.scratch_props);
-        out.clear();
+        let mut out = Vec::new();
         if let Some(f) = p.payload_format {
             codec::put_byte_property(&mut out, 0x01, f);
         }
@@ -498,9 +501,7 @@ impl Conn {
         for (k, v) in p.user_properties() {
             codec::put_user_property(&mut out, k, v);
         }
-        let result = out.clone();
-        self.scratch_props = out;
-        result
+        out
     }
 
     fn handle_publish(&mut self, p: Publish<'_>, broker: &mut Broker, now: Instant) {
@@ -554,7 +555,12 @@ impl Conn {
                 }
                 let slot = usize::from(alias - 1);
                 if p.topic.is_empty() {
-                    match self.aliases_in.get(slot).and_then(|t| t.clone()) {
+                    match self
+                        .aliases
+                        .as_ref()
+                        .and_then(|a| a.inbound.get(slot))
+                        .and_then(|t| t.clone())
+                    {
                         Some(t) => {
                             alias_topic = Some(t);
                             alias_topic.as_deref().unwrap_or_default()
@@ -569,10 +575,11 @@ impl Conn {
                         }
                     }
                 } else {
-                    if self.aliases_in.len() < usize::from(max) {
-                        self.aliases_in.resize(usize::from(max), None);
+                    let table = &mut self.aliases.get_or_insert_with(Box::default).inbound;
+                    if table.len() < usize::from(max) {
+                        table.resize(usize::from(max), None);
                     }
-                    self.aliases_in[slot] = Some(p.topic.into());
+                    table[slot] = Some(p.topic.into());
                     p.topic
                 }
             }
@@ -888,14 +895,15 @@ impl Conn {
             props.subscription_ids_out = &d.sub_ids;
             props.raw = d.msg.props();
             if self.alias_max_out > 0 {
-                match self.aliases_out.get(topic) {
+                let table = &mut self.aliases.get_or_insert_with(Box::default).outbound;
+                match table.get(topic) {
                     Some(&alias) => {
                         props.topic_alias = Some(alias);
                         topic = "";
                     }
-                    None if self.aliases_out.len() < usize::from(self.alias_max_out) => {
-                        let alias = self.aliases_out.len() as u16 + 1;
-                        self.aliases_out.insert(topic.into(), alias);
+                    None if table.len() < usize::from(self.alias_max_out) => {
+                        let alias = table.len() as u16 + 1;
+                        table.insert(topic.into(), alias);
                         props.topic_alias = Some(alias);
                     }
                     None => {}
@@ -925,8 +933,8 @@ impl Conn {
             return Some(self.connect_deadline);
         };
         let mut next = None;
-        if !self.keep_alive.is_zero() {
-            next = Some(self.last_rx + self.keep_alive * 3 / 2);
+        if self.keep_alive > 0 {
+            next = Some(self.last_rx + keep_alive_limit(self.keep_alive));
         }
         if self.version == Some(Version::V311)
             && let Some(first) = broker.session(a.key).inflight.front()
@@ -952,7 +960,7 @@ impl Conn {
             return;
         };
         let key = a.key;
-        if !self.keep_alive.is_zero() && now >= self.last_rx + self.keep_alive * 3 / 2 {
+        if self.keep_alive > 0 && now >= self.last_rx + keep_alive_limit(self.keep_alive) {
             // [MQTT-3.1.2-24]: nothing received within 1.5 x keep-alive.
             log::info!("client {:?}: keep-alive timeout", self.client_id);
             self.disconnect_with(ReasonCode::KeepAliveTimeout, None);
@@ -1057,6 +1065,11 @@ impl Conn {
             broker.disconnect(a.key, a.conn_id, self.will_on_close, now);
         }
     }
+}
+
+/// A client is dropped after 1.5 x its keep-alive without a packet [MQTT-3.1.2-24].
+fn keep_alive_limit(secs: u16) -> Duration {
+    Duration::from_millis(u64::from(secs) * 1500)
 }
 
 fn ack(pkid: PacketId, code: ReasonCode) -> Ack<'static> {
