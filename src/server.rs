@@ -194,7 +194,9 @@ async fn serve(
     let housekeeping = ex.spawn(async move {
         loop {
             Timer::after(Duration::from_secs(1)).await;
-            tick_shared.broker.borrow_mut().tick(clock::now());
+            let now = clock::now();
+            tick_shared.broker.borrow_mut().tick(now);
+            tick_shared.sweep(now);
         }
     });
     let _ = ready.send(addrs);

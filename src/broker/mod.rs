@@ -79,6 +79,8 @@ pub struct ConnectReq<'a> {
     /// Session expiry in seconds (u32::MAX = never).
     pub expiry: u32,
     pub will: Option<Will>,
+    /// How the core wakes this connection (created by the driver with the connection).
+    pub signal: Rc<Signal>,
 }
 
 #[derive(Debug)]
@@ -199,7 +201,7 @@ impl Broker {
         };
         self.next_conn_id += 1;
         let conn_id = self.next_conn_id;
-        let signal = Rc::new(Signal::default());
+        let signal = req.signal;
         let s = &mut self.sessions[key.0 as usize];
         s.conn = Some(Conn {
             conn_id,

@@ -23,6 +23,10 @@ pub struct Signal {
     waker: Cell<Option<Waker>>,
     ready: Cell<bool>,
     kick: Cell<Option<ReasonCode>>,
+    /// When the connection wants to be woken for a timeout (keep-alive, CONNECT deadline,
+    /// retry, write timeout). The server's once-a-second sweep wakes connections whose
+    /// deadline passed, so a connection needs no timer of its own.
+    deadline: Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Signal {
@@ -52,6 +56,21 @@ impl Signal {
 
     pub fn kicked(&self) -> Option<ReasonCode> {
         self.kick.get()
+    }
+
+    pub fn set_deadline(&self, at: Option<Instant>) {
+        self.deadline.set(at);
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.get()
+    }
+
+    /// Wake the connection if its deadline has passed (the sweep).
+    pub fn wake_if_due(&self, now: Instant) {
+        if self.deadline.get().is_some_and(|d| d <= now) {
+            self.notify();
+        }
     }
 
     /// Is there something for the connection to look at?

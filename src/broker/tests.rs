@@ -16,6 +16,7 @@ fn connect(b: &mut Broker, id: &str, clean: bool, expiry: u32, now: Instant) -> 
             clean_start: clean,
             expiry,
             will: None,
+            signal: Rc::default(),
         },
         now,
     )
@@ -130,6 +131,7 @@ fn delayed_will_and_session_expiry() {
                 clean_start: true,
                 expiry: 10,
                 will: Some(will),
+                signal: Rc::default(),
             },
             t0,
         )
@@ -162,6 +164,7 @@ fn will_cancelled_by_reconnect_within_delay() {
                 clean_start: false,
                 expiry: 60,
                 will: Some(will),
+                signal: Rc::default(),
             },
             t0,
         )
@@ -187,6 +190,7 @@ fn max_sessions_and_subscriptions_caps() {
             clean_start: true,
             expiry: 0,
             will: None,
+            signal: Rc::default(),
         },
         now,
     );

@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::broker::Broker;
+use crate::broker::session::Signal;
 use crate::metrics::Metrics;
 
 /// What every listener task shares: the core, the metrics, the shared read buffer, and the
@@ -19,6 +20,8 @@ pub struct Shared {
     /// One read buffer for every connection of the thread: a connection keeps bytes of its
     /// own only while a packet is partial, so an idle connection holds no buffer.
     pub read_buf: RefCell<Box<[u8]>>,
+    /// Every live connection's signal, for the deadline sweep (`sweep`).
+    pub conns: RefCell<slab::Slab<Rc<Signal>>>,
     pub shutting_down: Cell<bool>,
     pub shutdown: event_listener::Event,
 }
@@ -32,8 +35,20 @@ impl Shared {
             broker: RefCell::new(broker),
             metrics,
             read_buf: RefCell::new(vec![0; READ_BUF].into_boxed_slice()),
+            conns: RefCell::new(slab::Slab::new()),
             shutting_down: Cell::new(false),
             shutdown: event_listener::Event::new(),
         })
+    }
+}
+
+impl Shared {
+    /// Wake every connection whose deadline passed. Called once a second by the server's
+    /// housekeeping task: timeouts (keep-alive, CONNECT, write, v3 retry) have one-second
+    /// granularity, and an idle connection costs no timer.
+    pub fn sweep(&self, now: std::time::Instant) {
+        for (_, s) in self.conns.borrow().iter() {
+            s.wake_if_due(now);
+        }
     }
 }

@@ -9,7 +9,6 @@
 //! connection, one timer, no per-connection buffer while idle.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,6 +19,7 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt, future};
 use smol::{Async, LocalExecutor, Timer};
 
 use super::Shared;
+use crate::broker::session::Signal;
 use crate::clock;
 use crate::metrics::{CloseReason, Counter};
 use crate::protocol::mqtt::conn::{Accept, Conn};
@@ -95,8 +95,9 @@ pub async fn accept_loop(
 const READS_PER_POLL: usize = 4;
 
 /// Drive one MQTT connection until it closes: a single poll loop that writes pending
-/// output, reacts to the core's signal, reads and handles input, and fires the one timer
-/// (keep-alive, CONNECT deadline, v3 retry, or the write timeout while output is stuck).
+/// output, reacts to the core's signal, reads and handles input, and handles its deadline
+/// (keep-alive, CONNECT deadline, v3 retry, or the write timeout while output is stuck),
+/// for which the server's once-a-second sweep wakes it: no timer per connection.
 pub async fn serve<S>(mut io: S, peer: SocketAddr, shared: &Shared, spec: &Spec)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -104,9 +105,16 @@ where
     let metrics = &shared.metrics;
     metrics.connections.set(metrics.connections.get() + 1);
     let max_msg = shared.broker.borrow().limits.max_message_size;
-    let mut conn = Conn::new(spec.accept, peer, spec.read_timeout, max_msg, clock::now());
-    let mut timer = Timer::never();
-    let mut armed: Option<Instant> = None;
+    let signal = Rc::new(Signal::default());
+    let slot = shared.conns.borrow_mut().insert(signal.clone());
+    let mut conn = Conn::new(
+        spec.accept,
+        peer,
+        signal,
+        spec.read_timeout,
+        max_msg,
+        clock::now(),
+    );
     // Bytes of `conn.out()` already written, and since when the rest has been waiting.
     let mut written = 0usize;
     let mut stuck_since: Option<Instant> = None;
@@ -157,18 +165,14 @@ where
                 let now = clock::now();
                 let mut broker = shared.broker.borrow_mut();
                 // 2. Deliveries from the core (and kicks).
-                if conn.signal().is_some_and(|s| s.is_pending())
-                    || (written == 0 && conn.out().is_empty())
-                {
+                if conn.signal().is_pending() || (written == 0 && conn.out().is_empty()) {
                     let before = conn.out().len();
                     conn.poll_deliveries(&mut broker, now);
                     if conn.out().len() > before || conn.is_closed() {
                         continue; // write it
                     }
                 }
-                if let Some(sig) = conn.signal() {
-                    sig.register(cx.waker());
-                }
+                conn.signal().register(cx.waker());
                 // 3. Input.
                 if conn.wants_read() && reads < READS_PER_POLL {
                     let mut buf = shared.read_buf.borrow_mut();
@@ -199,10 +203,8 @@ where
                     cx.waker().wake_by_ref();
                 }
                 // 4. Time: the state machine's deadline, or the write timeout.
-                if let Some(t) = armed
-                    && t <= now
-                {
-                    armed = None;
+                if conn.signal().deadline().is_some_and(|t| t <= now) {
+                    conn.signal().set_deadline(None);
                     conn.handle_timeout(&mut broker, now);
                     continue;
                 }
@@ -218,6 +220,7 @@ where
                 );
                 return Poll::Ready(());
             }
+            // The server's sweep wakes this connection once its deadline passes.
             let deadline = [
                 conn.next_deadline(&shared.broker.borrow()),
                 stuck_since.map(|s| s + spec.write_timeout),
@@ -225,22 +228,13 @@ where
             .into_iter()
             .flatten()
             .min();
-            // Re-arm only for an earlier deadline: a later one (keep-alive pushed back by
-            // input) is found when the armed timer fires, so reads cost no timer updates.
-            if let Some(d) = deadline
-                && armed.is_none_or(|a| d < a)
-            {
-                timer.set_at(d);
-                armed = Some(d);
-            }
-            if armed.is_some() && Pin::new(&mut timer).poll(cx).is_ready() {
-                continue;
-            }
+            conn.signal().set_deadline(deadline);
             return Poll::Pending;
         }
     })
     .await;
     let _ = io.close().await;
+    shared.conns.borrow_mut().remove(slot);
     metrics.connections.set(metrics.connections.get() - 1);
 }
 

@@ -38,13 +38,14 @@ const OUT_HIGH_WATER: usize = 64 * 1024;
 struct Attached {
     key: SessionKey,
     conn_id: u64,
-    signal: Rc<Signal>,
 }
 
 #[derive(Debug)]
 pub struct Conn {
     accept: Accept,
     peer: SocketAddr,
+    /// Shared with the core (deliveries, kicks) and the server's deadline sweep.
+    signal: Rc<Signal>,
     version: Option<Version>,
     session: Option<Attached>,
     client_id: Rc<str>,
@@ -81,6 +82,7 @@ impl Conn {
     pub fn new(
         accept: Accept,
         peer: SocketAddr,
+        signal: Rc<Signal>,
         read_timeout: Duration,
         max_message_size: usize,
         now: Instant,
@@ -88,6 +90,7 @@ impl Conn {
         Conn {
             accept,
             peer,
+            signal,
             version: None,
             session: None,
             client_id: Rc::from(""),
@@ -122,8 +125,8 @@ impl Conn {
         self.closed
     }
 
-    pub fn signal(&self) -> Option<&Rc<Signal>> {
-        self.session.as_ref().map(|a| &a.signal)
+    pub fn signal(&self) -> &Rc<Signal> {
+        &self.signal
     }
 
     /// The driver reads more input only while output drains.
@@ -395,6 +398,7 @@ impl Conn {
             clean_start: c.clean_start,
             expiry,
             will,
+            signal: self.signal.clone(),
         };
         let connected = match broker.connect(req, now) {
             Ok(c) => c,
@@ -452,7 +456,6 @@ impl Conn {
         self.session = Some(Attached {
             key: connected.key,
             conn_id: connected.conn_id,
-            signal: connected.signal,
         });
         if connected.session_present {
             self.resend_inflight(broker, now);
@@ -829,10 +832,10 @@ impl Conn {
     /// water mark. Also reacts to a kick from the core.
     pub fn poll_deliveries(&mut self, broker: &mut Broker, now: Instant) {
         let Some(a) = &self.session else { return };
-        if let Some(reason) = a.signal.kicked() {
+        if let Some(reason) = self.signal.kicked() {
             return self.kicked(reason, broker, now);
         }
-        a.signal.take_ready();
+        self.signal.take_ready();
         let key = a.key;
         let window = usize::from(self.receive_max.min(broker.limits.max_inflight));
         let mut sent = 0u64;
