@@ -42,6 +42,8 @@ pub struct Limits {
     pub max_retries: u32,
     pub max_keep_alive: u16,
     pub topic_alias_maximum: u16,
+    /// A QoS>0 delivery into a connected session's full queue: disconnect the slow consumer
+    /// (true) or drop the delivery (false).
     pub disconnect_on_full: bool,
 }
 
@@ -366,6 +368,11 @@ impl Broker {
             Push::Refused(reason) => {
                 self.metrics
                     .count_drop(reason, &s.client_id, &topic_for_log(), now);
+                return false;
+            }
+            Push::SlowConsumer if !self.limits.disconnect_on_full => {
+                self.metrics
+                    .count_drop(DropReason::QueueFull, &s.client_id, &topic_for_log(), now);
                 return false;
             }
             Push::SlowConsumer => {

@@ -250,3 +250,29 @@ fn retained_store_full_refuses_publish() {
     );
     assert_eq!(b.metrics.dropped(DropReason::RetainedFull), 1);
 }
+
+#[test]
+fn full_queue_without_disconnect_on_full_drops_and_keeps_the_connection() {
+    let now = Instant::now();
+    let lim = Limits {
+        queue: QueueLimits {
+            online_msgs: 2,
+            offline_msgs: 10,
+            bytes: 1 << 20,
+            evict_offline: true,
+        },
+        disconnect_on_full: false,
+        ..Limits::default()
+    };
+    let mut b = broker(lim);
+    let s = connect(&mut b, "slow", false, 60, now);
+    b.subscribe(s.key, "t", opts(QoS::AtLeastOnce), 0, now)
+        .unwrap();
+    for _ in 0..3 {
+        b.publish(msg("t", QoS::AtLeastOnce, false), now).unwrap();
+    }
+    assert_eq!(s.signal.kicked(), None);
+    assert!(b.session(s.key).is_connected());
+    assert_eq!(b.session(s.key).queue.len(), 2);
+    assert_eq!(b.metrics.dropped(DropReason::QueueFull), 1);
+}

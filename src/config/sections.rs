@@ -78,9 +78,13 @@ pub struct Session {
     pub offline_queue_policy: OfflineQueuePolicy,
     /// QoS 1/2 messages in flight per session (1..=65535).
     pub max_inflight_messages: u32,
-    /// 0 = synchronous writes; >0 = asynchronous send queue of this many messages.
+    /// Edge: the queue cap (messages) of a connected session; 0 = `max_offline_queue_size`.
+    /// (FluxMQ: 0 = synchronous writes; the edge always queues, bounded.)
     pub max_send_queue_size: u32,
-    /// A full send queue disconnects the client instead of blocking.
+    /// Edge: when a QoS>0 delivery finds a connected session's queue full, true disconnects
+    /// the slow consumer (its session goes offline and keeps the message), false drops the
+    /// delivery (counted `queue_full`) and keeps the connection. Edge default true (FluxMQ:
+    /// false = block the publisher, which the edge never does).
     pub disconnect_on_full: bool,
     /// 0 = backpressure when the inflight window is full; 1 = per-session pending queue.
     pub inflight_overflow: u32,
@@ -101,7 +105,7 @@ impl Default for Session {
             offline_queue_policy: OfflineQueuePolicy::Evict,
             max_inflight_messages: 256,
             max_send_queue_size: 0,
-            disconnect_on_full: false,
+            disconnect_on_full: true,
             inflight_overflow: 0,
             pending_queue_size: 1000,
             max_queue_bytes: 4 * MIB,

@@ -145,6 +145,18 @@ impl Config {
                 &format!("{compat} (the core is single-threaded)"),
             );
         }
+        let d = Self::default();
+        if self.session.inflight_overflow != d.session.inflight_overflow
+            || self.session.pending_queue_size != d.session.pending_queue_size
+        {
+            warn(
+                "session.inflight_overflow",
+                &format!(
+                    "{compat} (deliveries past the in-flight window wait in the session queue, \
+                     capped by session.max_send_queue_size and session.max_queue_bytes)"
+                ),
+            );
+        }
         server_warnings(&self.server, &mut warn);
         auth_warnings(&self.auth, &mut warn);
         storage_warnings(&self.storage, &mut warn);
