@@ -43,13 +43,14 @@ impl Bind {
         if host.chars().any(|c| c.is_whitespace() || c == '/') {
             return Err(format!("\"{addr}\": bad host ({form})"));
         }
+        // Port 0 asks the OS for a free port (tests, ad-hoc runs); the bound port is logged.
         match port.parse::<u16>() {
-            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(Self {
+            Ok(p) if port.bytes().all(|b| b.is_ascii_digit()) => Ok(Self {
                 host: host.to_owned(),
                 port: p,
             }),
             _ => Err(format!(
-                "\"{addr}\": port must be a number from 1 to 65535 ({form})"
+                "\"{addr}\": port must be a number from 0 to 65535 ({form})"
             )),
         }
     }
@@ -57,7 +58,7 @@ impl Bind {
     /// Two binds would collide: same port and the same host, or a wildcard covering the
     /// other (`:port` and `[::]` cover both families; `0.0.0.0` covers IPv4 and names).
     fn collides(&self, other: &Self) -> bool {
-        if self.port != other.port {
+        if self.port != other.port || self.port == 0 {
             return false;
         }
         let is_v6 = |h: &str| h.starts_with('[');
@@ -261,8 +262,7 @@ mod tests {
     /// `key | message fragment | YAML overlaid on a config with MQTT v3 on :1883`.
     const ERRORS: &str = r#"
 server.tcp.v3.addr | has no port | server: { tcp: { v3: { addr: "1883" } } }
-server.tcp.v3.addr | 1 to 65535 | server: { tcp: { v3: { addr: ":0" } } }
-server.tcp.v3.addr | 1 to 65535 | server: { tcp: { v3: { addr: ":70000" } } }
+server.tcp.v3.addr | 0 to 65535 | server: { tcp: { v3: { addr: ":70000" } } }
 server.tcp.v3.addr | not a host | server: { tcp: { v3: { addr: "*:1883" } } }
 server.tcp.v3.addr | brackets | server: { tcp: { v3: { addr: "::1:1883" } } }
 server | no messaging listener | server: { tcp: { v3: { addr: "" } } }
@@ -291,7 +291,7 @@ server.health_addr | same address as server.tcp.v3.addr | server: { health_addr:
 server.health_addr | same address as server.amqp.plain.addr | server: { amqp: { plain: { addr: ":8081" } } }
 server.coap.dtls.addr | same address as server.coap.plain.addr | server: { coap: { plain: { addr: ":5683" }, dtls: { addr: ":5683", cert_file: c, key_file: k } } }
 server.admin_api_addr | has no port | server: { admin_api_addr: localhost }
-server.health_addr | 1 to 65535 | server: { health_addr: ":http" }
+server.health_addr | 0 to 65535 | server: { health_addr: ":http" }
 server.otel_trace_sample_rate | between 0 and 1 | server: { otel_trace_sample_rate: 1.5 }
 server.otel_trace_sample_rate | between 0 and 1 | server: { otel_trace_sample_rate: .nan }
 "#;
