@@ -27,6 +27,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod broker;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod listener;

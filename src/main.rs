@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use fluxmq_edge::{config, logging, server};
+use fluxmq_edge::{budget, config, logging, server};
 
 const USAGE: &str = "usage: fluxmq-edge [--config FILE]... [--check-config] [--version]
 
   --config FILE    YAML configuration (FluxMQ keys). Repeat to layer files: later
                    files override earlier ones (e.g. a board profile, then a site file).
                    Without --config the embedded default (config/edge.yaml) is used.
-  --check-config   validate, print the effective configuration, exit 0 (valid) or 1
+  --check-config   validate, print the effective configuration and its worst-case
+                   memory budget, exit 0 (valid and within broker.memory_limit) or 1
   --version        print the version and exit";
 
 fn main() -> ExitCode {
@@ -52,8 +53,14 @@ fn main() -> ExitCode {
     if let Err(e) = cfg.check_supported(&origin) {
         return fail(&e.to_string());
     }
+    // The worst case the caps allow, refused when above broker.memory_limit.
+    let budget = budget::worst_case(&cfg);
     if check {
         print!("{}", cfg.to_yaml());
+        eprint!("{budget}");
+        if let Err(e) = budget.check() {
+            return fail(&e);
+        }
         eprintln!("configuration OK ({origin})");
         return ExitCode::SUCCESS;
     }
@@ -61,6 +68,12 @@ fn main() -> ExitCode {
         cfg.log.level.filter(),
         cfg.log.format == config::LogFormat::Json,
     );
+    for line in budget.to_string().lines() {
+        log::info!("{line}");
+    }
+    if let Err(e) = budget.check() {
+        return fail(&e);
+    }
     for w in cfg.warnings() {
         log::warn!("{w}");
     }
