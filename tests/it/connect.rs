@@ -298,10 +298,10 @@ fn clean_start_v5_discards_an_existing_session_mqtt_3_1_2_4() {
     c.sub("cst/t", 1);
     c.disconnect();
     let (c, ack) = Raw::connect_ok(b.v5, &Connect::v5("cst").clean(false).props(expiry.clone()));
-    assert!(ack.session_present, "[MQTT-3.2.2-2]");
+    assert!(ack.session_present, "5.0 [MQTT-3.2.2-3]");
     c.disconnect();
     let (mut c, ack) = Raw::connect_ok(b.v5, &Connect::v5("cst").clean(true).props(expiry));
-    assert!(!ack.session_present, "[MQTT-3.2.2-1]");
+    assert!(!ack.session_present, "5.0 [MQTT-3.2.2-2]");
     let mut p = Raw::v5(b.v5, "cst-pub");
     assert_eq!(
         p.pub1("cst/t", b"x"),

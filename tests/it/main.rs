@@ -8,6 +8,14 @@
 
 mod common;
 
+mod caps;
 mod connect;
+mod health;
+mod malformed;
+mod process;
 mod publish;
+mod retain;
+mod session;
 mod subscribe;
+mod v5_features;
+mod will;

@@ -100,7 +100,7 @@ fn ack_flows(v5: bool) {
     sub.sub("acks/#", 2);
     let mut p = mk("pub");
 
-    // QoS 1: PUBLISH -> PUBACK with the same packet id [MQTT-4.3.2-4].
+    // QoS 1: PUBLISH -> PUBACK with the same packet id (5.0 [MQTT-4.3.2-4], 3.1.1 [MQTT-4.3.2-2]).
     p.send(&Pub::new("acks/1", b"one").qos(1, 0x1234).bytes(v5));
     let ack = p.expect(kind::PUBACK);
     assert_eq!(ack.first, 0x40);
@@ -114,7 +114,8 @@ fn ack_flows(v5: bool) {
     assert_ne!(m.pkid, 0, "[MQTT-2.2.1-3]");
     sub.send(&puback(m.pkid));
 
-    // QoS 2 in: PUBLISH -> PUBREC, PUBREL -> PUBCOMP [MQTT-4.3.3-8/9].
+    // QoS 2 in: PUBLISH -> PUBREC, PUBREL -> PUBCOMP (5.0 [MQTT-4.3.3-8], [MQTT-4.3.3-11];
+    // 3.1.1 [MQTT-4.3.3-2]).
     p.send(&Pub::new("acks/2", b"two").qos(2, 0x0BCD).bytes(v5));
     let rec = p.expect(kind::PUBREC);
     assert_eq!(rec.first, 0x50);
@@ -124,7 +125,7 @@ fn ack_flows(v5: bool) {
     let m = sub.recv_publish();
     assert_eq!((m.topic.as_str(), m.qos), ("acks/2", 2));
     // A resent PUBLISH with DUP before PUBREL is acknowledged again but not delivered
-    // twice [MQTT-4.3.3-10].
+    // twice (5.0 [MQTT-4.3.3-10], 3.1.1 [MQTT-4.3.3-2]).
     p.send(&Pub::new("acks/2", b"two").qos(2, 0x0BCD).dup().bytes(v5));
     assert_eq!(p.expect(kind::PUBREC).ack(), (0x0BCD, 0x00));
     p.send(&pubrel(0x0BCD));
@@ -234,7 +235,7 @@ fn redelivery_on_reconnect_v3_dup_and_same_packet_id_mqtt_4_4_0_1() {
 }
 
 #[test]
-fn max_qos_1_announced_granted_and_enforced_mqtt_3_2_2_11() {
+fn max_qos_1_announced_granted_and_enforced_mqtt_3_2_2_9_to_11() {
     let b = start("broker: { max_qos: 1 }");
     let (mut s, ack) = Raw::connect_ok(b.v5, &Connect::v5("mq-sub"));
     assert_eq!(
@@ -242,6 +243,7 @@ fn max_qos_1_announced_granted_and_enforced_mqtt_3_2_2_11() {
         Some(1),
         "Maximum QoS 1 [MQTT-3.2.2-9]"
     );
+    // SUBSCRIBE at QoS 2 is still accepted [MQTT-3.2.2-10], granted at QoS 1.
     assert_eq!(
         s.subscribe_opts("mq/#", 2, &P::new()),
         vec![0x01],
@@ -251,7 +253,8 @@ fn max_qos_1_announced_granted_and_enforced_mqtt_3_2_2_11() {
     assert_eq!(p.pub1("mq/ok", b"qos1"), 0);
     let m = s.recv_publish_ack();
     assert_eq!((m.qos, m.payload.as_slice()), (1, &b"qos1"[..]));
-    // QoS 2 beyond the announced maximum: DISCONNECT 0x9B [MQTT-3.2.2-11].
+    // QoS 2 beyond the announced maximum, which a client must not send [MQTT-3.2.2-11]:
+    // DISCONNECT 0x9B (5.0 §3.2.2.3.4).
     p.send(&Pub::new("mq/two", b"qos2").qos(2, 9).bytes(true));
     let (code, _) = p.expect_disconnect();
     assert_eq!(code, 0x9B, "QoS not supported");
@@ -295,7 +298,7 @@ fn max_message_size_v5_publish_over_it_gets_0x95() {
 }
 
 #[test]
-fn frame_over_the_limit_is_refused_from_its_fixed_header() {
+fn frame_over_the_announced_maximum_packet_size_is_refused_from_its_fixed_header() {
     let b = start("broker: { max_message_size: 1024 }");
     // The CONNACK announces the packet limit: max_message_size + 64 KiB of framing.
     let (mut c, ack) = Raw::connect_ok(b.v5, &Connect::v5("huge"));

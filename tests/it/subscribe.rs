@@ -94,8 +94,9 @@ fn dollar_topics_are_not_matched_by_leading_wildcards_mqtt_4_7_2_1() {
 }
 
 #[test]
-fn shared_subscriptions_round_robin_within_a_group_and_a_copy_per_group_mqtt_4_8_2() {
+fn shared_subscriptions_round_robin_within_a_group_and_a_copy_per_group() {
     let b = start("");
+    // 5.0 §4.8.2: each message goes to one member of each group.
     let mut m1 = Raw::v5(b.v5, "m1");
     let mut m2 = Raw::v5(b.v5, "m2");
     let mut h = Raw::v3(b.v3, "h");
@@ -143,10 +144,11 @@ fn shared_subscriptions_with_rumqttc_v5() {
 }
 
 #[test]
-fn unsubscribe_v5_codes_0x00_and_0x11_for_unknown_mqtt_3_11_3() {
+fn unsubscribe_v5_codes_0x00_and_0x11_for_unknown() {
     let b = start("");
     let mut s = Raw::v5(b.v5, "unsub");
     s.sub("u/a", 1);
+    // One reason code per filter; 0x11 No subscription existed (5.0 §3.11.3).
     assert_eq!(s.unsubscribe(&["u/a", "u/never"]), vec![0x00, 0x11]);
     let mut p = Raw::v5(b.v5, "p");
     assert_eq!(p.pub1("u/a", b"x"), 0x10, "no subscriber left");
@@ -177,7 +179,7 @@ fn unsubscribe_v3_unsuback_and_no_more_deliveries() {
 }
 
 #[test]
-fn invalid_filter_gets_0x8f_in_v5_and_0x80_in_v3_mqtt_4_7_1_1() {
+fn invalid_filter_gets_0x8f_in_v5_and_0x80_in_v3_mqtt_4_7_1_2_and_3() {
     let b = start("");
     let mut s5 = Raw::v5(b.v5, "bad5");
     assert_eq!(

@@ -1,0 +1,133 @@
+//! Caps driven past their limits: the client-visible outcome and the counter, each time.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+#[test]
+fn listener_max_connections_closes_the_extra_socket_without_connack() {
+    let b = start_yaml(
+        r#"
+server:
+  tcp:
+    v3: { addr: "127.0.0.1:0", max_connections: 2 }
+    v5: { addr: "127.0.0.1:0" }
+  health_addr: "127.0.0.1:0"
+"#,
+    );
+    let c1 = Raw::v3(b.v3, "c1");
+    let _c2 = Raw::v3(b.v3, "c2");
+    let mut c3 = Raw::tcp(b.v3);
+    let _ = c3.try_send(&Connect::v3("c3").bytes()); // may already be closed
+    c3.expect_closed_silently();
+    assert_eq!(b.closed("listener_full"), 1);
+    // The other listener is not affected.
+    let _v5 = Raw::v5(b.v5, "v5");
+    // A slot frees up when a connection ends.
+    c1.disconnect();
+    b.wait_value("connections", |n| n == 2);
+    let mut c4 = Raw::v3(b.v3, "c4");
+    c4.ping();
+    assert_eq!(b.closed("listener_full"), 1);
+}
+
+#[test]
+fn max_subscriptions_refuses_the_third_filter_with_0x97() {
+    let b = start("session: { max_subscriptions: 2 }");
+    let mut s = Raw::v5(b.v5, "subs");
+    assert_eq!(
+        s.subscribe_many(&[("a", 1), ("b", 1), ("c", 1)], &P::new()),
+        vec![0x01, 0x01, 0x97]
+    );
+    assert_eq!(b.value("subscribe_refused_total"), 1);
+    // Replacing an existing one is not a new subscription.
+    assert_eq!(s.subscribe_opts("a", 0, &P::new()), vec![0x00]);
+    // 3.1.1: the failure code 0x80.
+    let mut s3 = Raw::v3(b.v3, "subs3");
+    assert_eq!(
+        s3.subscribe_many(&[("a", 0), ("b", 1), ("c", 2)], &P::new()),
+        vec![0x00, 0x01, 0x80]
+    );
+    assert_eq!(b.value("subscribe_refused_total"), 2);
+    assert_eq!(b.value("subscriptions"), 4);
+    // Unsubscribing makes room.
+    s.unsubscribe(&["b"]);
+    assert_eq!(s.subscribe_opts("c", 1, &P::new()), vec![0x01]);
+}
+
+/// Publish 1 KiB messages in batches to `topic` until `done()` says so (bounded).
+fn flood(p: &mut Raw, topic: &str, qos: u8, mut done: impl FnMut() -> bool) -> usize {
+    let payload = vec![b'x'; 1024];
+    let t0 = Instant::now();
+    let mut sent = 0usize;
+    while !done() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20) && sent < 200_000,
+            "cap not reached after {sent} messages"
+        );
+        let mut batch = Vec::new();
+        for _ in 0..200 {
+            let id = if qos > 0 { p.id() } else { 0 };
+            batch.extend_from_slice(&Pub::new(topic, &payload).qos(qos, id).bytes(p.v5));
+            sent += 1;
+        }
+        p.send(&batch);
+        // Drain the publisher's own acks so that it never blocks.
+        while let Recv::Packet(_) = p.recv(Duration::from_millis(1)) {}
+    }
+    sent
+}
+
+#[test]
+fn slow_subscriber_loses_its_oldest_qos0_messages() {
+    let b = start("session: { max_send_queue_size: 10 }");
+    let mut slow = Raw::v5(b.v5, "slow0");
+    slow.sub("slow/#", 0);
+    let mut p = Raw::v3(b.v3, "p0");
+    let metric = dropped_series("slow_subscriber_qos0");
+    flood(&mut p, "slow/t", 0, || b.metric(&metric) > 0);
+    // QoS 0 never disconnects the subscriber: it is still there, and once it reads, the
+    // newest messages (the sentinel) arrive.
+    p.pub1("slow/end", b"end");
+    let t0 = Instant::now();
+    loop {
+        let m = slow.recv_publish();
+        if m.topic == "slow/end" {
+            break;
+        }
+        assert!(t0.elapsed() < T, "sentinel not received");
+    }
+    slow.ping();
+    assert_eq!(b.closed("slow_consumer"), 0);
+    assert!(b.dropped("slow_subscriber_qos0") > 0);
+}
+
+#[test]
+fn slow_subscriber_at_qos1_is_disconnected_with_0x97() {
+    let b = start("session: { max_send_queue_size: 10 }");
+    let mut slow = Raw::v5(b.v5, "slow1");
+    slow.sub("slow/#", 1);
+    // One message at a time (each PUBACK awaited), so that the subscriber's connection gets
+    // every chance to take what it can: it fills its in-flight window (256, never acked),
+    // then its send queue (10), and the next message finds it full.
+    let mut p = Raw::v3(b.v3, "p1");
+    let payload = vec![b'x'; 1024];
+    let mut sent = 0;
+    while b.closed("slow_consumer") == 0 {
+        for _ in 0..20 {
+            p.pub1("slow/t", &payload);
+            sent += 1;
+        }
+        assert!(sent <= 1000, "not disconnected after {sent} messages");
+    }
+    assert!(sent > 256 + 10, "disconnected after {sent} messages only");
+    // When it finally reads: the in-flight window, then DISCONNECT 0x97, then the end.
+    let got = slow.expect_closed();
+    let (last, publishes) = got.split_last().expect("packets before the close");
+    assert_eq!(last.disconnect().0, 0x97, "Quota exceeded");
+    assert_eq!(publishes.len(), 256, "session.max_inflight_messages");
+    assert!(publishes.iter().all(|p| p.kind() == kind::PUBLISH));
+    // The publisher was not affected.
+    p.ping();
+    assert_eq!(b.closed("slow_consumer"), 1);
+}

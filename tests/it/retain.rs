@@ -1,0 +1,206 @@
+//! Retained messages: set, replace, delete; the retain flag on delivery; MQTT 5 Retain
+//! Handling, Retain As Published and No Local; the retained store cap.
+
+use crate::common::*;
+
+#[test]
+fn retained_set_replace_and_delete_mqtt_3_3_1_5_8_9_10() {
+    let b = start("");
+    let mut p = Raw::v3(b.v3, "p");
+    p.pub1_with(Pub::new("ret/a", b"one").retain());
+    p.pub1_with(Pub::new("ret/b", b"bee").retain());
+    assert_eq!(b.value("retained_messages"), 2);
+
+    // A new subscription gets the retained message with RETAIN=1 (3.1.1 [MQTT-3.3.1-8]).
+    let mut s = Raw::v3(b.v3, "s1");
+    s.sub("ret/a", 1);
+    let m = s.recv_publish_ack();
+    assert_eq!((m.payload.as_slice(), m.retain), (&b"one"[..], true));
+
+    // Replaced (3.1.1 [MQTT-3.3.1-5]); a live subscriber gets it with RETAIN=0 (3.1.1 [MQTT-3.3.1-9]).
+    p.pub1_with(Pub::new("ret/a", b"two").retain());
+    let live = s.recv_publish_ack();
+    assert_eq!((live.payload.as_slice(), live.retain), (&b"two"[..], false));
+    let mut s2 = Raw::v5(b.v5, "s2");
+    s2.sub("ret/a", 0);
+    let m = s2.recv_publish();
+    assert_eq!((m.payload.as_slice(), m.retain), (&b"two"[..], true));
+    assert_eq!(b.value("retained_messages"), 2, "replaced, not added");
+
+    // Deleted by an empty retained payload (3.1.1 [MQTT-3.3.1-10]); the empty message is
+    // still delivered to live subscribers.
+    p.pub1_with(Pub::new("ret/a", b"").retain());
+    assert_eq!(s.recv_publish_ack().payload, b"");
+    assert_eq!(b.value("retained_messages"), 1);
+    let mut s3 = Raw::v3(b.v3, "s3");
+    s3.sub("ret/#", 1);
+    let m = s3.recv_publish_ack();
+    assert_eq!(m.topic, "ret/b", "only ret/b is left");
+    s3.ping();
+}
+
+#[test]
+fn retained_with_rumqttc_v5() {
+    let b = start("");
+    let p = V5::new(b.v5, "rp");
+    p.c.publish("rr/t", Q5::AtLeastOnce, true, "kept").unwrap();
+    p.wait(|e| match e {
+        rumqttc::v5::Event::Incoming(P5::PubAck(_)) => Some(()),
+        _ => None,
+    });
+    let s = V5::new(b.v5, "rs");
+    s.subscribe("rr/+", Q5::AtLeastOnce);
+    let m = s.recv_publish();
+    assert!(m.retain);
+    assert_eq!(&m.payload[..], b"kept");
+}
+
+#[test]
+fn retain_handling_0_1_2_mqtt_3_3_1_9_to_3_3_1_11() {
+    let b = start("");
+    let mut p = Raw::v5(b.v5, "p");
+    p.pub1_with(Pub::new("rh/t", b"stored").retain());
+    let mut s = Raw::v5(b.v5, "s");
+
+    // Sends what arrives next: the retained message, or the live sentinel when none was sent.
+    let next_is_retained = |s: &mut Raw, p: &mut Raw| -> bool {
+        p.pub0("rh/t", b"live");
+        let m = s.recv_publish();
+        if m.payload == b"stored" {
+            assert!(m.retain);
+            assert_eq!(s.recv_publish().payload, b"live");
+            true
+        } else {
+            assert_eq!(m.payload, b"live");
+            false
+        }
+    };
+
+    // 0: sent at every subscribe, new or not [MQTT-3.3.1-9].
+    assert_eq!(
+        s.subscribe_opts("rh/t", sub_opts(0, false, false, 0), &P::new()),
+        vec![0]
+    );
+    assert!(next_is_retained(&mut s, &mut p));
+    assert_eq!(
+        s.subscribe_opts("rh/t", sub_opts(0, false, false, 0), &P::new()),
+        vec![0]
+    );
+    assert!(next_is_retained(&mut s, &mut p));
+    s.unsubscribe(&["rh/t"]);
+
+    // 1: only when the subscription is new [MQTT-3.3.1-10].
+    assert_eq!(
+        s.subscribe_opts("rh/t", sub_opts(0, false, false, 1), &P::new()),
+        vec![0]
+    );
+    assert!(next_is_retained(&mut s, &mut p));
+    assert_eq!(
+        s.subscribe_opts("rh/t", sub_opts(0, false, false, 1), &P::new()),
+        vec![0]
+    );
+    assert!(!next_is_retained(&mut s, &mut p));
+    s.unsubscribe(&["rh/t"]);
+
+    // 2: never [MQTT-3.3.1-11].
+    assert_eq!(
+        s.subscribe_opts("rh/t", sub_opts(0, false, false, 2), &P::new()),
+        vec![0]
+    );
+    assert!(!next_is_retained(&mut s, &mut p));
+}
+
+#[test]
+fn retain_as_published_mqtt_3_3_1_12_and_13() {
+    let b = start("");
+    let mut rap = Raw::v5(b.v5, "rap");
+    let mut plain = Raw::v5(b.v5, "plain");
+    rap.subscribe_opts("rap/#", sub_opts(1, false, true, 0), &P::new());
+    plain.subscribe_opts("rap/#", sub_opts(1, false, false, 0), &P::new());
+    let mut p = Raw::v5(b.v5, "p");
+    p.pub1_with(Pub::new("rap/x", b"r").retain());
+    p.pub1("rap/x", b"n");
+    let (r1, r2) = (rap.recv_publish_ack(), rap.recv_publish_ack());
+    assert_eq!(
+        (r1.retain, r2.retain),
+        (true, false),
+        "as published [MQTT-3.3.1-13]"
+    );
+    let (n1, n2) = (plain.recv_publish_ack(), plain.recv_publish_ack());
+    assert_eq!(
+        (n1.retain, n2.retain),
+        (false, false),
+        "cleared [MQTT-3.3.1-12]"
+    );
+}
+
+#[test]
+fn no_local_skips_the_publishers_own_messages_mqtt_3_8_3_3() {
+    let b = start("");
+    let mut me = Raw::v5(b.v5, "me");
+    me.subscribe_opts("nl/#", sub_opts(1, true, false, 0), &P::new());
+    assert_eq!(
+        me.pub1("nl/own", b"mine"),
+        0x10,
+        "nobody else: no matching subscribers"
+    );
+    let mut other = Raw::v5(b.v5, "other");
+    other.pub1("nl/theirs", b"theirs");
+    let m = me.recv_publish_ack();
+    assert_eq!(m.payload, b"theirs", "own message skipped");
+    // Without No Local the own message comes back.
+    me.subscribe_opts("local/#", sub_opts(1, false, false, 0), &P::new());
+    me.send(&Pub::new("local/x", b"echo").qos(1, 77).bytes(true));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(me.next().kind());
+    }
+    got.sort();
+    assert_eq!(got, vec![kind::PUBLISH, kind::PUBACK]);
+}
+
+#[test]
+fn retained_store_cap_refuses_a_new_topic_with_0x97() {
+    let b = start("broker: { max_retained_messages: 2 }");
+    let mut p = Raw::v5(b.v5, "p");
+    assert_eq!(p.pub1_with(Pub::new("cap/1", b"1").retain()), 0x10);
+    assert_eq!(p.pub1_with(Pub::new("cap/2", b"2").retain()), 0x10);
+    assert_eq!(b.dropped("retained_store_full"), 0);
+    assert_eq!(
+        p.pub1_with(Pub::new("cap/3", b"3").retain()),
+        0x97,
+        "Quota exceeded"
+    );
+    assert_eq!(b.dropped("retained_store_full"), 1);
+    // Replacing and deleting still work at the cap.
+    assert_eq!(p.pub1_with(Pub::new("cap/1", b"1b").retain()), 0x10);
+    assert_eq!(p.pub1_with(Pub::new("cap/2", b"").retain()), 0x10);
+    assert_eq!(
+        p.pub1_with(Pub::new("cap/3", b"3").retain()),
+        0x10,
+        "room again"
+    );
+    assert_eq!(b.value("retained_messages"), 2);
+    let mut s = Raw::v5(b.v5, "s");
+    s.sub("cap/#", 0);
+    let mut got: Vec<(String, Vec<u8>)> = (0..2)
+        .map(|_| {
+            let m = s.recv_publish();
+            (m.topic, m.payload)
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("cap/1".into(), b"1b".to_vec()),
+            ("cap/3".into(), b"3".to_vec())
+        ]
+    );
+    // 3.1.1 cannot refuse a QoS 1 PUBLISH with a code: the connection is closed.
+    assert_eq!(p.pub1_with(Pub::new("cap/2", b"2").retain()), 0x97);
+    let mut p3 = Raw::v3(b.v3, "p3");
+    p3.send(&Pub::new("cap/4", b"4").qos(1, 1).retain().bytes(false));
+    p3.expect_closed_silently();
+    assert_eq!(b.dropped("retained_store_full"), 3);
+}
