@@ -168,6 +168,7 @@ async fn serve(
             max_connections: slot.max_connections as usize,
             read_timeout: slot.read_timeout,
             write_timeout: slot.write_timeout,
+            active: Default::default(),
         };
         mqtt_listeners.push((l, Rc::new(spec)));
     }

@@ -9,13 +9,14 @@
 //! connection, one timer, no per-connection buffer while idle.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt, future};
+use futures_lite::{AsyncRead, AsyncWrite, future};
 use smol::{Async, LocalExecutor, Timer};
 
 use super::Shared;
@@ -33,6 +34,8 @@ pub struct Spec {
     pub max_connections: usize,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// Open connections on this listener (for `max_connections`).
+    pub active: Cell<usize>,
 }
 
 /// Output capacity kept between writes; larger buffers are freed once drained so that an
@@ -45,7 +48,6 @@ pub async fn accept_loop(
     listener: Async<TcpListener>,
     spec: Rc<Spec>,
 ) {
-    let active = Rc::new(Cell::new(0usize));
     loop {
         let stop = shared.shutdown.listen();
         if shared.shutting_down.get() {
@@ -66,7 +68,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        if spec.max_connections > 0 && active.get() >= spec.max_connections {
+        if spec.max_connections > 0 && spec.active.get() >= spec.max_connections {
             shared.metrics.closed(CloseReason::ListenerFull);
             log::warn!(
                 "{}: connection from {peer} refused: max_connections ({}) reached",
@@ -78,14 +80,9 @@ pub async fn accept_loop(
         if let Err(e) = stream.get_ref().set_nodelay(true) {
             log::debug!("{}: TCP_NODELAY on {peer}: {e}", spec.name);
         }
-        active.set(active.get() + 1);
         shared.metrics.add(Counter::ConnectionsAccepted, 1);
-        let (shared, spec, active) = (shared.clone(), spec.clone(), active.clone());
-        ex.spawn(async move {
-            serve(stream, peer, &shared, &spec).await;
-            active.set(active.get() - 1);
-        })
-        .detach();
+        ex.spawn(Connection::new(stream, peer, shared.clone(), spec.clone()))
+            .detach();
     }
     log::debug!("{}: accept loop stopped", spec.name);
 }
@@ -94,38 +91,108 @@ pub async fn accept_loop(
 /// publisher cannot starve the executor).
 const READS_PER_POLL: usize = 4;
 
-/// Drive one MQTT connection until it closes: a single poll loop that writes pending
-/// output, reacts to the core's signal, reads and handles input, and handles its deadline
-/// (keep-alive, CONNECT deadline, v3 retry, or the write timeout while output is stuck),
-/// for which the server's once-a-second sweep wakes it: no timer per connection.
-pub async fn serve<S>(mut io: S, peer: SocketAddr, shared: &Shared, spec: &Spec)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let metrics = &shared.metrics;
-    metrics.connections.set(metrics.connections.get() + 1);
-    let max_msg = shared.broker.borrow().limits.max_message_size;
-    let signal = Rc::new(Signal::default());
-    let slot = shared.conns.borrow_mut().insert(signal.clone());
-    let mut conn = Conn::new(
-        spec.accept,
-        peer,
-        signal,
-        spec.read_timeout,
-        max_msg,
-        clock::now(),
-    );
-    // Bytes of `conn.out()` already written, and since when the rest has been waiting.
-    let mut written = 0usize;
-    let mut stuck_since: Option<Instant> = None;
-    future::poll_fn(|cx| {
+/// One MQTT connection, driven until it closes: a hand-written future (an `async fn` would
+/// store its arguments twice and add its own state), so an idle connection costs exactly
+/// these fields. Each poll writes pending output, reacts to the core's signal, reads and
+/// handles input, and handles its deadline (keep-alive, CONNECT deadline, v3 retry, or the
+/// write timeout while output is stuck), for which the server's once-a-second sweep wakes
+/// it: no timer per connection.
+pub struct Connection<S> {
+    io: S,
+    conn: Conn,
+    shared: Rc<Shared>,
+    spec: Rc<Spec>,
+    /// Index of this connection's signal in `Shared::conns` (the deadline sweep).
+    slot: usize,
+    /// Bytes of `conn.out()` already written, and since when the rest has been waiting.
+    written: usize,
+    stuck_since: Option<Instant>,
+    /// The state machine is done and its output written: closing the transport.
+    closing: bool,
+}
+
+impl<S> Connection<S> {
+    pub fn new(io: S, peer: SocketAddr, shared: Rc<Shared>, spec: Rc<Spec>) -> Self {
+        let metrics = &shared.metrics;
+        metrics.connections.set(metrics.connections.get() + 1);
+        spec.active.set(spec.active.get() + 1);
+        let max_msg = shared.broker.borrow().limits.max_message_size;
+        let signal = Rc::new(Signal::default());
+        let slot = shared.conns.borrow_mut().insert(signal.clone());
+        let conn = Conn::new(
+            spec.accept,
+            peer,
+            signal,
+            spec.read_timeout,
+            max_msg,
+            clock::now(),
+        );
+        Connection {
+            io,
+            conn,
+            shared,
+            spec,
+            slot,
+            written: 0,
+            stuck_since: None,
+            closing: false,
+        }
+    }
+}
+
+impl<S> Drop for Connection<S> {
+    fn drop(&mut self) {
+        if !self.conn.is_closed() {
+            // Dropped while live (executor shutdown): detach from the session all the same.
+            if let Ok(mut broker) = self.shared.broker.try_borrow_mut() {
+                self.conn
+                    .close(CloseReason::ServerShutdown, &mut broker, Some(clock::now()));
+            }
+        }
+        self.shared.conns.borrow_mut().remove(self.slot);
+        let metrics = &self.shared.metrics;
+        metrics.connections.set(metrics.connections.get() - 1);
+        self.spec.active.set(self.spec.active.get() - 1);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if !this.closing && this.drive(cx).is_ready() {
+            this.closing = true;
+        }
+        if this.closing {
+            // Best effort (a TLS close_notify, a TCP FIN); the socket closes on drop anyway.
+            return Pin::new(&mut this.io).poll_close(cx).map(|_| ());
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Ready when the connection is finished (closed and its last output written).
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Connection {
+            io,
+            conn,
+            shared,
+            spec,
+            written,
+            stuck_since,
+            ..
+        } = self;
+        let metrics = &shared.metrics;
+        let peer = conn.peer();
         let mut reads = 0;
         loop {
             // 1. Write what is pending, in as few syscalls as the socket allows.
-            while written < conn.out().len() {
-                match Pin::new(&mut io).poll_write(cx, &conn.out()[written..]) {
+            while *written < conn.out().len() {
+                match Pin::new(&mut *io).poll_write(cx, &conn.out()[*written..]) {
                     Poll::Ready(Ok(n)) if n > 0 => {
-                        written += n;
+                        *written += n;
                         metrics.add(Counter::BytesSent, n as u64);
                     }
                     Poll::Ready(result) => {
@@ -148,14 +215,14 @@ where
                     }
                 }
             }
-            if written > 0 && written == conn.out().len() {
+            if *written > 0 && *written == conn.out().len() {
                 let out = conn.out();
                 out.clear();
                 if out.capacity() > KEEP_OUT_CAPACITY {
                     *out = Vec::new();
                 }
-                written = 0;
-                stuck_since = None;
+                *written = 0;
+                *stuck_since = None;
             }
             if conn.is_closed() {
                 if conn.out().is_empty() {
@@ -165,7 +232,7 @@ where
                 let now = clock::now();
                 let mut broker = shared.broker.borrow_mut();
                 // 2. Deliveries from the core (and kicks).
-                if conn.signal().is_pending() || (written == 0 && conn.out().is_empty()) {
+                if conn.signal().is_pending() || (*written == 0 && conn.out().is_empty()) {
                     let before = conn.out().len();
                     conn.poll_deliveries(&mut broker, now);
                     if conn.out().len() > before || conn.is_closed() {
@@ -176,7 +243,7 @@ where
                 // 3. Input.
                 if conn.wants_read() && reads < READS_PER_POLL {
                     let mut buf = shared.read_buf.borrow_mut();
-                    match Pin::new(&mut io).poll_read(cx, &mut buf) {
+                    match Pin::new(&mut *io).poll_read(cx, &mut buf) {
                         Poll::Ready(Ok(0)) => {
                             log::debug!(
                                 "client {:?} from {peer}: closed by peer",
@@ -209,7 +276,7 @@ where
                     continue;
                 }
             }
-            if let Some(since) = stuck_since
+            if let Some(since) = *stuck_since
                 && clock::now() >= since + spec.write_timeout
             {
                 log::info!("client {:?} from {peer}: write timeout", conn.client_id());
@@ -231,11 +298,7 @@ where
             conn.signal().set_deadline(deadline);
             return Poll::Pending;
         }
-    })
-    .await;
-    let _ = io.close().await;
-    shared.conns.borrow_mut().remove(slot);
-    metrics.connections.set(metrics.connections.get() - 1);
+    }
 }
 
 /// Bind a TCP listener; the error names the config key and the address.

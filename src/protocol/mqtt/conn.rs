@@ -134,6 +134,10 @@ impl Conn {
         self.closed.is_none() && self.out.len() < OUT_HIGH_WATER
     }
 
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     pub fn client_id(&self) -> &str {
         &self.client_id
     }
