@@ -35,36 +35,8 @@ pub fn start(extra: &str) -> Broker {
 }
 
 /// Start a broker from a complete YAML configuration (its listeners on `127.0.0.1:0`).
-///
-/// The configuration validator refuses port 0 (`port must be a number from 1 to 65535`), so
-/// each `127.0.0.1:0` is validated as a distinct placeholder port and then set back to port
-/// 0 before the listeners bind, which lets the OS pick free ports.
 pub fn start_yaml(yaml: &str) -> Broker {
-    let mut n = 0;
-    let mut text = String::new();
-    let mut rest = yaml;
-    while let Some(i) = rest.find("\"127.0.0.1:0\"") {
-        n += 1;
-        text.push_str(&rest[..i]);
-        text.push_str(&format!("\"127.0.0.1:{n}\""));
-        rest = &rest[i + "\"127.0.0.1:0\"".len()..];
-    }
-    text.push_str(rest);
-    let mut cfg = fluxmq_edge::config::load_str(&text, "<test>").expect("test config is valid");
-    let placeholder = |a: &str| {
-        a.strip_prefix("127.0.0.1:")
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|p| p >= 1 && p <= n)
-    };
-    for addr in [
-        &mut cfg.server.tcp.v3.addr,
-        &mut cfg.server.tcp.v5.addr,
-        &mut cfg.server.health_addr,
-    ] {
-        if placeholder(addr) {
-            *addr = "127.0.0.1:0".to_string();
-        }
-    }
+    let cfg = fluxmq_edge::config::load_str(yaml, "<test>").expect("test config is valid");
     let running = fluxmq_edge::server::spawn(cfg).expect("broker starts");
     Broker {
         v3: running.addr("server.tcp.v3"),
