@@ -357,7 +357,12 @@ impl Broker {
     /// Queue `d` for session `key` under the queue policy; counts what is dropped.
     fn offer(&mut self, key: SessionKey, d: Delivery, now: Instant) -> bool {
         let lim = self.limits.queue;
-        let s = &mut self.sessions[key.0 as usize];
+        // A matched session can end while its message is being routed: a slow consumer
+        // disconnected earlier in the same routing publishes its will, which can disconnect
+        // (and end) this one. Its losses were counted when it ended.
+        let Some(s) = self.sessions.get_mut(key.0 as usize) else {
+            return false;
+        };
         let topic_for_log = || d.msg.topic().to_owned();
         match s.push(d.clone(), &lim) {
             Push::Queued => {}
@@ -457,7 +462,17 @@ impl Broker {
                     sub_ids: opts.sub_id.map(|n| n.get()).into_iter().collect(),
                     msg,
                 };
-                self.offer(key, d, now);
+                // Every matching retained message is sent [MQTT-3.3.1-6 (3.1.1)]: the queue's
+                // message cap does not apply (the retained store's caps bound them), so a
+                // subscriber is never a slow consumer for subscribing; the byte cap does.
+                let s = &mut self.sessions[key.0 as usize];
+                if let Push::Refused(reason) = s.push_retained(d, &self.limits.queue) {
+                    self.metrics
+                        .count_drop(reason, &s.client_id, "(retained)", now);
+                }
+                if s.is_connected() {
+                    self.touched.push(key);
+                }
             }
             self.flush_notifications();
         }

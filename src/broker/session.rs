@@ -270,6 +270,22 @@ impl Session {
         }
     }
 
+    /// Offer a retained message for a new subscription: queued whatever the message count
+    /// (the retained store's caps bound them); refused only by the byte cap. Never
+    /// `SlowConsumer`, never evicts.
+    pub fn push_retained(&mut self, d: Delivery, lim: &QueueLimits) -> Push {
+        use crate::metrics::DropReason;
+        if !self.is_connected() && d.qos == QoS::AtMostOnce {
+            return Push::Refused(DropReason::OfflineQos0);
+        }
+        let size = d.heap_size();
+        if self.queue_bytes + size > lim.bytes {
+            return Push::Refused(DropReason::QueueFull);
+        }
+        self.enqueue(d, size);
+        Push::Queued
+    }
+
     fn enqueue(&mut self, d: Delivery, size: usize) {
         self.queue_bytes += size;
         self.queue.push_back(d);

@@ -131,3 +131,101 @@ fn slow_subscriber_at_qos1_is_disconnected_with_0x97() {
     p.ping();
     assert_eq!(b.closed("slow_consumer"), 1);
 }
+
+#[test]
+fn slow_subscriber_at_qos1_with_disconnect_on_full_false_loses_messages_counted() {
+    let b = start("session: { max_send_queue_size: 10, disconnect_on_full: false }");
+    let mut slow = Raw::v5(b.v5, "slow-keep");
+    slow.sub("slow/#", 1);
+    let mut p = Raw::v3(b.v3, "p");
+    let mut sent = 0u32;
+    while b.dropped("queue_full") == 0 {
+        for _ in 0..20 {
+            sent += 1;
+            p.pub1("slow/t", sent.to_string().as_bytes());
+        }
+        assert!(sent <= 1000, "nothing dropped after {sent} messages");
+    }
+    assert_eq!(b.dropped("queue_full"), u64::from(sent - 266));
+    // Still connected: the in-flight window (256) and the queue (10) arrive in order...
+    let got: Vec<u32> = (0..266)
+        .map(|_| {
+            let m = slow.recv_publish_ack();
+            String::from_utf8(m.payload).unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(got, (1..=266).collect::<Vec<u32>>());
+    // ...and nothing else: the rest was dropped; the next message is a new one.
+    p.pub1("slow/end", b"end");
+    assert_eq!(slow.recv_publish_ack().topic, "slow/end");
+    assert_eq!(b.closed("slow_consumer"), 0);
+}
+
+#[test]
+fn a_client_overflowing_its_own_queue_in_one_burst_is_disconnected_and_the_broker_lives() {
+    // The client is subscribed to what it publishes; one read carries more QoS 2 PUBLISHes
+    // than its send queue holds. The 11th finds the queue full and disconnects it as a slow
+    // consumer (its session, expiry 0, ends) while the rest of the burst is still being
+    // handled: those packets must not touch the ended session.
+    let b = start("session: { max_send_queue_size: 10 }");
+    let mut echo = Echo::new(b.v3, false, "bystander");
+    let mut me = Raw::v5(b.v5, "selfish");
+    me.sub("self/#", 1);
+    let mut burst = Vec::new();
+    for id in 1..=12u16 {
+        burst.extend_from_slice(&Pub::new("self/t", b"x").qos(2, id).bytes(true));
+    }
+    burst.extend_from_slice(&subscribe(true, 13, &P::new(), &[("more/#", 0)]));
+    me.send(&burst);
+    let got = me.expect_closed();
+    let (last, before) = got.split_last().expect("packets before the close");
+    assert_eq!(last.disconnect().0, 0x97, "slow consumer: {got:?}");
+    assert!(
+        before.iter().all(|p| p.kind() == kind::PUBREC),
+        "{before:?}"
+    );
+    assert_eq!(b.closed("slow_consumer"), 1);
+    echo.roundtrip();
+    assert_eq!(
+        b.value("sessions"),
+        1,
+        "only the bystander's session is left"
+    );
+}
+
+#[test]
+fn a_slow_consumers_will_can_disconnect_another_slow_consumer_and_the_broker_lives() {
+    // A and B are subscribed to `t`, never acknowledge, and have full send queues. The next
+    // message on `t` disconnects A, whose will (also on `t`) disconnects B, whose session
+    // ends, all while that message is still being routed (to B next).
+    let b = start("session: { max_send_queue_size: 10 }");
+    let slow = |id: &str, will: bool| {
+        let mut c = Connect::v5(id).props(P::new().u16(prop::RECEIVE_MAXIMUM, 1));
+        if will {
+            c = c.will(WillSpec {
+                qos: 1,
+                ..WillSpec::new("t", b"will of a")
+            });
+        }
+        let (mut r, _) = Raw::connect_ok(b.v5, &c);
+        r.sub("t", 1);
+        r
+    };
+    let mut a = slow("a", true); // connected first: routed to first
+    let mut bb = slow("b", false);
+    let mut echo = Echo::new(b.v3, false, "bystander");
+    let mut p = Raw::v3(b.v3, "p");
+    // 1 in flight + 10 queued each.
+    for i in 0..11 {
+        p.pub1("t", format!("{i}").as_bytes());
+    }
+    b.wait_value("queued_messages", |n| n == 20);
+    p.pub1("t", b"one too many");
+    for c in [&mut a, &mut bb] {
+        let got = c.expect_closed();
+        assert_eq!(got.last().unwrap().disconnect().0, 0x97, "{got:?}");
+    }
+    echo.roundtrip();
+    assert_eq!(b.closed("slow_consumer"), 2);
+    assert_eq!(b.value("wills_published_total"), 1);
+}

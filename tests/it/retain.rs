@@ -204,3 +204,37 @@ fn retained_store_cap_refuses_a_new_topic_with_0x97() {
     p3.expect_closed_silently();
     assert_eq!(b.dropped("retained_store_full"), 3);
 }
+
+#[test]
+fn every_matching_retained_message_reaches_a_new_subscription_mqtt_3_3_1_6_and_3_3_1_9() {
+    // More retained messages than a connected session's send queue holds: all of them are
+    // sent (3.1.1 [MQTT-3.3.1-6], 5.0 [MQTT-3.3.1-9]); the subscriber is not a slow consumer
+    // for asking, and nothing is dropped.
+    let b = start("session: { max_send_queue_size: 10 }");
+    let mut p = Raw::v5(b.v5, "p");
+    let mut want: Vec<String> = (0..30).map(|i| format!("many/{i}")).collect();
+    for t in &want {
+        p.pub1_with(Pub::new(t, t.as_bytes()).retain());
+    }
+    want.sort();
+    for (addr, v5) in [(b.v5, true), (b.v3, false)] {
+        let mut s = if v5 {
+            Raw::v5(addr, "dashboard5")
+        } else {
+            Raw::v3(addr, "dashboard3")
+        };
+        s.sub("many/#", 1);
+        let mut got: Vec<String> = (0..30)
+            .map(|_| {
+                let m = s.recv_publish_ack();
+                assert!(m.retain);
+                m.topic
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, want);
+        s.ping();
+    }
+    assert_eq!(b.closed("slow_consumer"), 0);
+    assert_eq!(b.dropped("queue_full"), 0);
+}

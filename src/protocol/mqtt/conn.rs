@@ -178,6 +178,15 @@ impl Conn {
         let mut pos = 0;
         self.partial_need = 0;
         while self.closed.is_none() {
+            // Kicked by the core while this input was being handled (a PUBLISH of its own
+            // found its own send queue full: slow consumer): stop before the next packet,
+            // whose handling could need the session that ended with the kick.
+            if self.session.is_some()
+                && let Some(reason) = self.signal.kicked()
+            {
+                self.kicked(reason, broker, now);
+                break;
+            }
             let len = match codec::frame_len(&buf[pos..], self.max_frame) {
                 // The header is known but the body is not all here yet: keep it partial,
                 // with room for exactly this frame (at most `max_frame`).
@@ -668,7 +677,13 @@ impl Conn {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(&Packet::PubAck(ack(id, code))),
             QoS::ExactlyOnce => {
-                if !code.is_error() {
+                // The publish may have ended this connection's session (its own subscription
+                // made it a slow consumer): record the id only while the session is ours.
+                let live = self
+                    .session
+                    .as_ref()
+                    .is_some_and(|a| broker.is_current(a.key, a.conn_id));
+                if !code.is_error() && live {
                     broker.session_mut(key).inbound_qos2.push(id.get());
                 }
                 self.send(&Packet::PubRec(ack(id, code)));
