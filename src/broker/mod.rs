@@ -173,7 +173,7 @@ impl Broker {
                 if let Some(w) = will
                     && (w.delay == 0 || req.clean_start)
                 {
-                    self.publish_will(key, w.msg, now);
+                    self.publish_will(key, w, now);
                 }
             } else if self.sessions[key.0 as usize].will_at.is_some() {
                 // Reconnected before the will delay passed: the will is not sent.
@@ -239,7 +239,7 @@ impl Broker {
         }
         if let Some(w) = will.filter(|_| publish_will) {
             if w.delay == 0 || expiry == 0 {
-                self.publish_will(key, w.msg, now);
+                self.publish_will(key, w, now);
             } else {
                 let s = &mut self.sessions[key.0 as usize];
                 let delay = w.delay.min(expiry);
@@ -260,8 +260,18 @@ impl Broker {
         self.sessions[key.0 as usize].expiry_secs = expiry;
     }
 
-    fn publish_will(&mut self, key: SessionKey, msg: Rc<Message>, now: Instant) {
+    fn publish_will(&mut self, key: SessionKey, w: Will, now: Instant) {
         self.metrics.add(Counter::WillsPublished, 1);
+        let msg = match w.expiry {
+            // The will's Message Expiry Interval is its lifetime from now (5.0 §3.1.3.2.4).
+            Some(secs) => {
+                let m = &w.msg;
+                let at = now + Duration::from_secs(u64::from(secs));
+                let (topic, props, payload) = (m.topic(), m.props(), m.payload());
+                Message::new(topic, props, payload, m.qos, m.retain, Some(at), m.origin)
+            }
+            None => w.msg,
+        };
         let _ = key;
         if let Err(code) = self.publish(msg, now) {
             log::warn!("will message refused: {code:?}");
@@ -284,8 +294,7 @@ impl Broker {
         if let Some(w) = s.will {
             // A session that ends with a pending delayed will publishes it [MQTT-3.1.2-8].
             if s.will_at.is_some() {
-                self.metrics.add(Counter::WillsPublished, 1);
-                let _ = self.publish(w.msg, now);
+                self.publish_will(key, w, now);
             }
         }
     }
@@ -511,7 +520,7 @@ impl Broker {
             let s = &mut self.sessions[key.0 as usize];
             s.will_at = None;
             if let Some(w) = s.will.take() {
-                self.publish_will(key, w.msg, now);
+                self.publish_will(key, w, now);
             }
         }
         for key in expired {
@@ -549,7 +558,7 @@ impl Broker {
             .collect();
         for key in keys {
             if let Some(w) = self.sessions[key.0 as usize].will.take() {
-                self.publish_will(key, w.msg, now);
+                self.publish_will(key, w, now);
             }
         }
     }

@@ -133,6 +133,9 @@ pub struct Inflight {
 pub struct Will {
     pub msg: Rc<Message>,
     pub delay: u32,
+    /// Message Expiry Interval in seconds: the will's lifetime once it is published
+    /// (5.0 §3.1.3.2.4), so its deadline is set then, not at CONNECT.
+    pub expiry: Option<u32>,
 }
 
 /// Result of offering a delivery to a session queue.

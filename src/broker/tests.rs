@@ -123,6 +123,7 @@ fn delayed_will_and_session_expiry() {
     let will = session::Will {
         msg: msg("will/x", QoS::AtLeastOnce, false),
         delay: 5,
+        expiry: None,
     };
     let c = b
         .connect(
@@ -156,6 +157,7 @@ fn will_cancelled_by_reconnect_within_delay() {
     let will = session::Will {
         msg: msg("will/x", QoS::AtLeastOnce, false),
         delay: 5,
+        expiry: None,
     };
     let c = b
         .connect(

@@ -409,3 +409,36 @@ fn request_problem_information_0_means_no_reason_string_and_auth_gets_0x82_mqtt_
     );
     assert_eq!(b.closed("protocol_error"), 2);
 }
+
+#[test]
+fn a_message_too_large_for_the_client_does_not_use_up_a_topic_alias_mqtt_3_1_2_25() {
+    // The dropped message must leave no trace [MQTT-3.1.2-25]: had it set up a topic alias
+    // the client never saw, the next message would use that alias with an empty topic.
+    let b = start("");
+    let (mut s, _) = Raw::connect_ok(
+        b.v5,
+        &Connect::v5("alias-mps").props(
+            P::new()
+                .u16(prop::TOPIC_ALIAS_MAXIMUM, 5)
+                .u32(prop::MAXIMUM_PACKET_SIZE, 100),
+        ),
+    );
+    s.sub("am/#", 0);
+    let mut p = Raw::v5(b.v5, "p");
+    p.pub0("am/t", &[b'x'; 500]);
+    p.pub0("am/t", b"small");
+    p.pub0("am/t", b"again");
+    let m = s.recv_publish();
+    assert_eq!(m.payload, b"small");
+    assert_eq!(
+        m.topic, "am/t",
+        "the first message the client sees names its topic"
+    );
+    let alias = m.props.int(prop::TOPIC_ALIAS).expect("alias set up now");
+    let m = s.recv_publish();
+    assert_eq!(
+        (m.topic.as_str(), m.props.int(prop::TOPIC_ALIAS)),
+        ("", Some(alias))
+    );
+    assert_eq!(b.dropped("client_max_packet_size"), 1);
+}

@@ -196,3 +196,24 @@ fn will_published_when_the_session_ends_before_the_delay_mqtt_3_1_2_8() {
     c.drop_connection();
     expect_will(&mut w, b"session over");
 }
+
+#[test]
+fn will_message_expiry_counts_from_publication_not_from_connect_mqtt_3_1_3_2() {
+    // 5.0 §3.1.3.2.4: the will's Message Expiry Interval is its lifetime once published
+    // (sent on as the Publication Expiry Interval). A connection that lived longer than
+    // that interval must still get its will out.
+    let b = start("");
+    let mut w = watcher(&b);
+    let will = WillSpec::new("will/x", b"short-lived").props(P::new().u32(prop::MESSAGE_EXPIRY, 1));
+    let (mut c, _) = Raw::connect_ok(b.v5, &Connect::v5("wexp").will(will));
+    std::thread::sleep(Duration::from_millis(1200)); // longer than the will's lifetime
+    c.ping();
+    c.drop_connection();
+    let m = w.recv_publish_ack();
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_slice()),
+        ("will/x", &b"short-lived"[..])
+    );
+    assert_eq!(m.props.int(prop::MESSAGE_EXPIRY), Some(1));
+    assert_eq!(b.dropped("expired"), 0);
+}

@@ -388,15 +388,14 @@ impl Conn {
                     );
                 }
                 let delay = w.props.will_delay.unwrap_or(0);
-                let expires_at = w
-                    .props
-                    .message_expiry
-                    .map(|s| now + Duration::from_secs(u64::from(delay) + u64::from(s)));
                 let props = self.message_props(&w.props);
-                let msg = Message::new(
-                    w.topic, &props, w.payload, w.qos, w.retain, expires_at, None,
-                );
-                Some(SessionWill { msg, delay })
+                // Its expiry counts from publication: the core sets the deadline then.
+                let msg = Message::new(w.topic, &props, w.payload, w.qos, w.retain, None, None);
+                Some(SessionWill {
+                    msg,
+                    delay,
+                    expiry: w.props.message_expiry,
+                })
             }
         };
         // Session expiry: v5 property; absent with clean start 0 (and always for 3.1.1
@@ -880,10 +879,18 @@ impl Conn {
                 None
             };
             let before = self.out.len();
+            let had_alias = self
+                .aliases
+                .as_ref()
+                .is_some_and(|a| a.outbound.contains_key(d.msg.topic()));
             self.encode_delivery(&d, pkid.and_then(NonZeroU16::new), false, now);
             if self.out.len() - before > self.max_packet_out {
-                // Larger than the client's Maximum Packet Size: not sent [MQTT-3.1.2-25].
+                // Larger than the client's Maximum Packet Size: not sent [MQTT-3.1.2-25],
+                // and a topic alias it set up is forgotten (the client never saw it).
                 self.out.truncate(before);
+                if !had_alias && let Some(a) = self.aliases.as_mut() {
+                    a.outbound.remove(d.msg.topic());
+                }
                 broker.metrics.count_drop(
                     DropReason::PacketTooLargeForClient,
                     &self.client_id,
