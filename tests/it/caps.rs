@@ -55,11 +55,12 @@ fn max_subscriptions_refuses_the_third_filter_with_0x97() {
     assert_eq!(s.subscribe_opts("c", 1, &P::new()), vec![0x01]);
 }
 
-/// Publish 1 KiB messages in batches to `topic` until `done()` says so (bounded).
-fn flood(p: &mut Raw, topic: &str, qos: u8, mut done: impl FnMut() -> bool) -> usize {
-    let payload = vec![b'x'; 1024];
+/// Publish 1 KiB messages in batches to `topic` until `done()` says so (bounded). Each
+/// payload starts with its sequence number (8 bytes, big endian). Returns how many.
+fn flood(p: &mut Raw, topic: &str, qos: u8, mut done: impl FnMut() -> bool) -> u64 {
+    let mut payload = vec![b'x'; 1024];
     let t0 = Instant::now();
-    let mut sent = 0usize;
+    let mut sent = 0u64;
     while !done() {
         assert!(
             t0.elapsed() < Duration::from_secs(20) && sent < 200_000,
@@ -68,6 +69,7 @@ fn flood(p: &mut Raw, topic: &str, qos: u8, mut done: impl FnMut() -> bool) -> u
         let mut batch = Vec::new();
         for _ in 0..200 {
             let id = if qos > 0 { p.id() } else { 0 };
+            payload[..8].copy_from_slice(&sent.to_be_bytes());
             batch.extend_from_slice(&Pub::new(topic, &payload).qos(qos, id).bytes(p.v5));
             sent += 1;
         }
@@ -78,6 +80,10 @@ fn flood(p: &mut Raw, topic: &str, qos: u8, mut done: impl FnMut() -> bool) -> u
     sent
 }
 
+fn seq(payload: &[u8]) -> u64 {
+    u64::from_be_bytes(payload[..8].try_into().unwrap())
+}
+
 #[test]
 fn slow_subscriber_loses_its_oldest_qos0_messages() {
     let b = start("session: { max_send_queue_size: 10 }");
@@ -85,21 +91,28 @@ fn slow_subscriber_loses_its_oldest_qos0_messages() {
     slow.sub("slow/#", 0);
     let mut p = Raw::v3(b.v3, "p0");
     let metric = dropped_series("slow_subscriber_qos0");
-    flood(&mut p, "slow/t", 0, || b.metric(&metric) > 0);
-    // QoS 0 never disconnects the subscriber: it is still there, and once it reads, the
-    // newest messages (the sentinel) arrive.
+    let sent = flood(&mut p, "slow/t", 0, || b.metric(&metric) > 0);
+    let dropped = b.dropped("slow_subscriber_qos0");
+    // QoS 0 never disconnects the subscriber. Once it reads: the messages in order, the
+    // newest one among them, and exactly the counted number missing (the oldest queued ones).
     p.pub1("slow/end", b"end");
-    let t0 = Instant::now();
+    let mut got = Vec::new();
     loop {
         let m = slow.recv_publish();
         if m.topic == "slow/end" {
             break;
         }
-        assert!(t0.elapsed() < T, "sentinel not received");
+        got.push(seq(&m.payload));
+        assert!(got.len() as u64 <= sent, "more than was sent");
     }
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates"
+    );
+    assert_eq!(got.last(), Some(&(sent - 1)), "the newest is kept");
+    assert_eq!(sent - got.len() as u64, dropped, "every loss counted");
     slow.ping();
     assert_eq!(b.closed("slow_consumer"), 0);
-    assert!(b.dropped("slow_subscriber_qos0") > 0);
 }
 
 #[test]
@@ -228,4 +241,56 @@ fn a_slow_consumers_will_can_disconnect_another_slow_consumer_and_the_broker_liv
     echo.roundtrip();
     assert_eq!(b.closed("slow_consumer"), 2);
     assert_eq!(b.value("wills_published_total"), 1);
+}
+
+#[test]
+fn write_timeout_closes_a_subscriber_whose_socket_stays_full() {
+    let b = start_yaml(
+        r#"
+server:
+  tcp:
+    v3: { addr: "127.0.0.1:0" }
+    v5: { addr: "127.0.0.1:0", write_timeout: "1s" }
+  health_addr: "127.0.0.1:0"
+"#,
+    );
+    let mut stuck = Raw::v5(b.v5, "stuck");
+    stuck.sub("stuck/#", 0);
+    let mut p = Raw::v3(b.v3, "p");
+    let metric = closed_series("write_timeout");
+    // Enough to fill the socket buffers both ways, then wait (bounded) for the timeout.
+    flood(&mut p, "stuck/t", 0, || b.metric(&metric) > 0);
+    assert_eq!(b.closed("write_timeout"), 1);
+    // The publisher was not held up by it.
+    p.ping();
+    assert_eq!(b.value("connections"), 1);
+}
+
+#[test]
+fn max_queue_bytes_bounds_an_offline_queue_by_size() {
+    let b = start("session: { max_queue_bytes: 8000, offline_queue_policy: evict }");
+    let c = Connect::v5("bytes")
+        .clean(false)
+        .props(P::new().u32(prop::SESSION_EXPIRY, 60));
+    let (mut s, _) = Raw::connect_ok(b.v5, &c);
+    s.sub("qb/#", 1);
+    s.disconnect();
+    let mut p = Raw::v5(b.v5, "p");
+    for i in 0..10 {
+        p.pub1("qb/t", &[b'0' + i; 1500]);
+    }
+    let evicted = b.dropped("offline_queue_evicted");
+    assert!(
+        evicted >= 5,
+        "at most 5 messages of 1.5 KB fit in 8000 bytes: {evicted}"
+    );
+    let kept = b.value("queued_messages");
+    assert_eq!(kept + evicted, 10);
+    // One message larger than the whole cap is refused outright.
+    p.pub1("qb/t", &[b'x'; 9000]);
+    assert_eq!(b.dropped("queue_full"), 1);
+    let (mut s, _) = Raw::connect_ok(b.v5, &c);
+    let got: Vec<u8> = (0..kept).map(|_| s.recv_publish_ack().payload[0]).collect();
+    let want: Vec<u8> = (10 - kept as u8..10).map(|i| b'0' + i).collect();
+    assert_eq!(got, want, "the newest kept");
 }

@@ -175,3 +175,89 @@ fn qos0_queued_while_connected_is_dropped_when_the_connection_ends() {
     p.pub1("q0/t", b"end");
     assert_eq!(s.recv_publish_ack().payload, b"end", "c was dropped");
 }
+
+#[test]
+fn disconnect_can_change_the_session_expiry_mqtt_3_14_2_2() {
+    let b = start("");
+    // 60 at CONNECT, 0 at DISCONNECT: the session ends with this connection.
+    let c = Connect::v5("chg")
+        .clean(false)
+        .props(P::new().u32(prop::SESSION_EXPIRY, 60));
+    let (mut s, _) = Raw::connect_ok(b.v5, &c);
+    s.sub("chg/#", 1);
+    s.send(&disconnect_v5(0, &P::new().u32(prop::SESSION_EXPIRY, 0)));
+    s.expect_closed_silently();
+    assert_eq!(b.value("sessions"), 0);
+    let (s, ack) = Raw::connect_ok(b.v5, &c);
+    assert!(!ack.session_present);
+    s.disconnect();
+    // 0 at CONNECT, then non-zero at DISCONNECT: a Protocol Error [MQTT-3.14.2-2].
+    let zero = Connect::v5("chg0").clean(false);
+    let (mut s, _) = Raw::connect_ok(
+        b.v5,
+        &zero.clone().props(P::new().u32(prop::SESSION_EXPIRY, 0)),
+    );
+    s.send(&disconnect_v5(0, &P::new().u32(prop::SESSION_EXPIRY, 60)));
+    assert_eq!(s.expect_disconnect().0, 0x82);
+    let (_s, ack) = Raw::connect_ok(b.v5, &zero.props(P::new().u32(prop::SESSION_EXPIRY, 0)));
+    assert!(
+        !ack.session_present,
+        "the session did not outlive the connection"
+    );
+}
+
+#[test]
+fn inbound_qos2_is_not_delivered_twice_across_a_reconnect_mqtt_4_3_3_10() {
+    let b = start("");
+    let mut s = Raw::v5(b.v5, "watch");
+    s.sub("q2/#", 2);
+    let c = Connect::v5("q2pub")
+        .clean(false)
+        .props(P::new().u32(prop::SESSION_EXPIRY, 60));
+    let (mut p, _) = Raw::connect_ok(b.v5, &c);
+    p.send(&Pub::new("q2/t", b"once").qos(2, 42).bytes(true));
+    assert_eq!(p.expect(kind::PUBREC).ack(), (42, 0));
+    p.drop_connection(); // PUBREC lost, as far as the client knows
+    assert_eq!(s.recv_publish_ack().payload, b"once");
+    let (mut p, ack) = Raw::connect_ok(b.v5, &c);
+    assert!(ack.session_present);
+    p.send(&Pub::new("q2/t", b"once").qos(2, 42).dup().bytes(true));
+    assert_eq!(p.expect(kind::PUBREC).ack(), (42, 0));
+    p.send(&pubrel(42));
+    assert_eq!(p.expect(kind::PUBCOMP).ack(), (42, 0));
+    // An unknown id is answered 0x92 Packet Identifier not found.
+    p.send(&pubrel(43));
+    assert_eq!(p.expect(kind::PUBCOMP).ack(), (43, 0x92));
+    p.pub0("q2/t", b"end");
+    assert_eq!(
+        s.recv_publish().payload,
+        b"end",
+        "the resent PUBLISH was not routed again"
+    );
+}
+
+#[test]
+fn v3_unacked_messages_are_retried_then_given_up_after_max_retries() {
+    let b = start("broker: { retry_interval: 1s, max_retries: 2 }");
+    let mut s = Raw::v3(b.v3, "retry3");
+    s.sub("rt/#", 1);
+    let mut p = Raw::v3(b.v3, "p");
+    p.pub1("rt/t", b"again");
+    let first = s.recv_publish();
+    assert!(!first.dup);
+    for _ in 0..2 {
+        let again = s.recv_publish();
+        assert!(again.dup, "DUP=1 on a resend [MQTT-3.3.1-1]");
+        assert_eq!(
+            (again.pkid, again.payload.as_slice()),
+            (first.pkid, &b"again"[..])
+        );
+    }
+    b.wait_dropped("retries_exhausted", 1);
+    assert_eq!(b.value("retransmissions_total"), 2);
+    // Nothing more is resent; the connection is fine.
+    p.pub1("rt/t", b"next");
+    let next = s.recv_publish_ack();
+    assert_eq!(next.payload, b"next");
+    assert!(!next.dup);
+}
