@@ -333,18 +333,26 @@ impl Broker {
             let group = &matches[i..j];
             i = j;
             let from_self = msg.origin == Some(first.key);
-            // No Local: skip when every matching subscription asks for it [MQTT-3.8.3-3].
-            if from_self && group.iter().all(|m| m.opts.no_local) {
+            // No Local: a subscription asking for it takes no part in the publisher's own
+            // messages (neither its QoS nor its identifier); skip when none is left
+            // [MQTT-3.8.3-3].
+            let takes_part = |m: &Match| !(from_self && m.opts.no_local);
+            if !group.iter().any(takes_part) {
                 continue;
             }
             let sub_qos = group
                 .iter()
+                .filter(|m| takes_part(m))
                 .map(|m| m.opts.qos)
                 .max()
                 .unwrap_or(QoS::AtMostOnce);
-            let rap = group.iter().any(|m| m.opts.retain_as_published);
+            let rap = group
+                .iter()
+                .filter(|m| takes_part(m))
+                .any(|m| m.opts.retain_as_published);
             let sub_ids: Box<[u32]> = group
                 .iter()
+                .filter(|m| takes_part(m))
                 .filter_map(|m| m.opts.sub_id.map(|n| n.get()))
                 .collect();
             let d = Delivery {

@@ -238,3 +238,48 @@ fn every_matching_retained_message_reaches_a_new_subscription_mqtt_3_3_1_6_and_3
     assert_eq!(b.closed("slow_consumer"), 0);
     assert_eq!(b.dropped("queue_full"), 0);
 }
+
+#[test]
+fn no_local_subscription_takes_no_part_in_an_overlapping_own_message_mqtt_3_8_3_3() {
+    // Own messages matching both a No Local subscription (QoS 2, id 1) and a plain one
+    // (QoS 0, id 2): delivered as the plain subscription asks only.
+    let b = start("");
+    let mut me = Raw::v5(b.v5, "me");
+    me.subscribe_opts(
+        "nl/#",
+        sub_opts(2, true, false, 0),
+        &P::new().var(prop::SUBSCRIPTION_ID, 1),
+    );
+    me.subscribe_opts(
+        "nl/+",
+        sub_opts(0, false, false, 0),
+        &P::new().var(prop::SUBSCRIPTION_ID, 2),
+    );
+    me.send(&Pub::new("nl/x", b"own").qos(2, 5).bytes(true));
+    let mut publish = None;
+    while publish.is_none() {
+        let p = me.next();
+        match p.kind() {
+            kind::PUBREC => me.send(&pubrel(5)),
+            kind::PUBCOMP => {}
+            kind::PUBLISH => publish = Some(p.publish(true)),
+            _ => panic!("{p:?}"),
+        }
+    }
+    let m = publish.unwrap();
+    assert_eq!(m.qos, 0, "the No Local subscription's QoS 2 does not count");
+    assert_eq!(m.props.ints(prop::SUBSCRIPTION_ID), vec![2]);
+    // Another client's message gets both.
+    let mut other = Raw::v5(b.v5, "other");
+    other.pub2("nl/x", b"theirs");
+    let m = loop {
+        let p = me.next();
+        if p.kind() == kind::PUBLISH {
+            break p.publish(true);
+        }
+    };
+    assert_eq!((m.payload.as_slice(), m.qos), (&b"theirs"[..], 2));
+    let mut ids = m.props.ints(prop::SUBSCRIPTION_ID);
+    ids.sort();
+    assert_eq!(ids, vec![1, 2]);
+}
