@@ -379,3 +379,25 @@ fn max_sessions_refuses_v5_with_0x97_and_v3_with_return_code_3() {
     // An existing session can still be resumed (taken over) at the cap.
     let _a2 = Raw::v5(b.v5, "s1");
 }
+
+#[test]
+fn will_refusals_at_connect_mqtt_3_2_2_12() {
+    let b = start("broker: { max_qos: 1 }");
+    // Will QoS above the server's maximum: 0x9B [MQTT-3.2.2-12].
+    let w = WillSpec {
+        qos: 2,
+        ..WillSpec::new("will/t", b"x")
+    };
+    let (mut c, ack) = Raw::connect(b.v5, &Connect::v5("wq").will(w.clone()));
+    assert_eq!(ack.code, 0x9B);
+    c.expect_closed_silently();
+    // 3.1.1 has no such code: return code 3 (server unavailable), then close.
+    let (mut c, ack) = Raw::connect(b.v3, &Connect::v3("wq3").will(w));
+    assert_ne!(ack.code, 0);
+    c.expect_closed_silently();
+    // A wildcard in the will topic: 0x90 Topic Name invalid (a will topic is a topic name [MQTT-3.3.2-2]).
+    let (mut c, ack) = Raw::connect(b.v5, &Connect::v5("wt").will(WillSpec::new("will/#", b"x")));
+    assert_eq!(ack.code, 0x90);
+    c.expect_closed_silently();
+    assert_eq!(b.value("sessions"), 0);
+}

@@ -283,3 +283,29 @@ fn no_local_subscription_takes_no_part_in_an_overlapping_own_message_mqtt_3_8_3_
     ids.sort();
     assert_eq!(ids, vec![1, 2]);
 }
+
+#[test]
+fn retained_message_expiry_mqtt_3_3_2_5_and_6() {
+    let b = start("");
+    let mut p = Raw::v5(b.v5, "p");
+    let expiring = |secs| P::new().u32(prop::MESSAGE_EXPIRY, secs);
+    p.pub1_with(Pub::new("rx/short", b"short").retain().props(expiring(1)));
+    p.pub1_with(Pub::new("rx/long", b"long").retain().props(expiring(30)));
+    let mut early = Raw::v5(b.v5, "early");
+    early.sub("rx/short", 1);
+    let m = early.recv_publish_ack();
+    assert_eq!(m.props.int(prop::MESSAGE_EXPIRY), Some(1));
+    // Once expired it is no longer sent to new subscriptions, and the store lets it go.
+    b.wait_dropped("expired", 1);
+    assert_eq!(b.value("retained_messages"), 1);
+    let mut late = Raw::v5(b.v5, "late");
+    late.sub("rx/#", 1);
+    let m = late.recv_publish_ack();
+    assert_eq!(m.payload, b"long");
+    let left = m.props.int(prop::MESSAGE_EXPIRY).unwrap();
+    assert!(
+        (28..=29).contains(&left),
+        "decremented while stored: {left}"
+    );
+    late.ping();
+}

@@ -221,3 +221,27 @@ fn resubscribe_replaces_the_subscription_mqtt_3_8_4_3() {
     p.pub0("r/t", b"end");
     assert_eq!(s.recv_publish().payload, b"end", "one copy only");
 }
+
+#[test]
+fn shared_subscription_prefers_connected_members() {
+    let b = start("");
+    let persistent = Connect::v5("away")
+        .clean(false)
+        .props(P::new().u32(prop::SESSION_EXPIRY, 60));
+    let (mut away, _) = Raw::connect_ok(b.v5, &persistent);
+    away.sub("$share/g/work", 1);
+    away.disconnect();
+    let mut here = Raw::v5(b.v5, "here");
+    here.sub("$share/g/work", 1);
+    let mut p = Raw::v5(b.v5, "p");
+    for i in 0..4 {
+        p.pub1("work", format!("{i}").as_bytes());
+    }
+    let got: Vec<Vec<u8>> = (0..4).map(|_| here.recv_publish_ack().payload).collect();
+    assert_eq!(got, [b"0", b"1", b"2", b"3"], "all to the connected member");
+    assert_eq!(
+        b.value("queued_messages"),
+        0,
+        "nothing queued for the absent one"
+    );
+}
