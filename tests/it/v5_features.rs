@@ -442,3 +442,30 @@ fn a_message_too_large_for_the_client_does_not_use_up_a_topic_alias_mqtt_3_1_2_2
     );
     assert_eq!(b.dropped("client_max_packet_size"), 1);
 }
+
+#[test]
+fn redelivery_respects_a_smaller_maximum_packet_size_after_reconnect_mqtt_3_1_2_24() {
+    let b = start("");
+    let connect = |max: u32| {
+        Connect::v5("shrink").clean(false).props(
+            P::new()
+                .u32(prop::SESSION_EXPIRY, 60)
+                .u32(prop::MAXIMUM_PACKET_SIZE, max),
+        )
+    };
+    let (mut s, _) = Raw::connect_ok(b.v5, &connect(10_000));
+    s.sub("shrink/#", 1);
+    let mut p = Raw::v5(b.v5, "p");
+    p.pub1("shrink/t", &[b'x'; 500]);
+    let big = s.recv_publish(); // not acknowledged
+    assert_eq!(big.payload.len(), 500);
+    s.drop_connection();
+    b.wait_value("sessions_connected", |n| n == 1);
+    // Back with a 100-byte limit: the unacknowledged 500-byte message cannot be resent.
+    let (mut s, ack) = Raw::connect_ok(b.v5, &connect(100));
+    assert!(ack.session_present);
+    p.pub1("shrink/t", b"small");
+    let m = s.recv_publish_ack();
+    assert_eq!((m.payload.as_slice(), m.dup), (&b"small"[..], false));
+    assert_eq!(b.dropped("client_max_packet_size"), 1);
+}

@@ -18,7 +18,7 @@ use crate::broker::message::Message;
 use crate::broker::router::SubOpts;
 use crate::broker::session::{Delivery, Inflight, OutState, Signal, Will as SessionWill};
 use crate::broker::{Broker, ConnectReq, SessionKey, topic};
-use crate::metrics::{CloseReason, Counter, DropReason};
+use crate::metrics::{CloseReason, Counter, DropReason, Metrics};
 
 /// Which protocol versions a listener accepts (`protocol` of the listener slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,20 +479,29 @@ impl Conn {
     fn resend_inflight(&mut self, broker: &mut Broker, now: Instant) {
         let Some(a) = &self.session else { return };
         let key = a.key;
-        let n = broker.session(key).inflight.len();
-        for i in 0..n {
+        let mut i = 0;
+        while i < broker.session(key).inflight.len() {
             let s = broker.session_mut(key);
             let inf = &mut s.inflight[i];
             inf.sent_at = now;
             let (pkid, state, d) = (inf.pkid, inf.state, inf.delivery.clone());
             match state {
-                OutState::Published => self.encode_delivery(&d, NonZeroU16::new(pkid), true, now),
+                OutState::Published => {
+                    let id = NonZeroU16::new(pkid);
+                    if !self.encode_fitting(&d, id, true, &broker.metrics, now) {
+                        // Too large for the limit the client announced this time: dropped
+                        // as if sent [MQTT-3.1.2-25].
+                        broker.session_mut(key).inflight.remove(i);
+                        continue;
+                    }
+                }
                 OutState::Released => self.send(&Packet::PubRel(ack(
                     pkid_or_one(NonZeroU16::new(pkid)),
                     ReasonCode::Success,
                 ))),
             }
             broker.metrics.add(Counter::Retransmissions, 1);
+            i += 1;
         }
     }
 
@@ -878,25 +887,13 @@ impl Conn {
             } else {
                 None
             };
-            let before = self.out.len();
-            let had_alias = self
-                .aliases
-                .as_ref()
-                .is_some_and(|a| a.outbound.contains_key(d.msg.topic()));
-            self.encode_delivery(&d, pkid.and_then(NonZeroU16::new), false, now);
-            if self.out.len() - before > self.max_packet_out {
-                // Larger than the client's Maximum Packet Size: not sent [MQTT-3.1.2-25],
-                // and a topic alias it set up is forgotten (the client never saw it).
-                self.out.truncate(before);
-                if !had_alias && let Some(a) = self.aliases.as_mut() {
-                    a.outbound.remove(d.msg.topic());
-                }
-                broker.metrics.count_drop(
-                    DropReason::PacketTooLargeForClient,
-                    &self.client_id,
-                    d.msg.topic(),
-                    now,
-                );
+            if !self.encode_fitting(
+                &d,
+                pkid.and_then(NonZeroU16::new),
+                false,
+                &broker.metrics,
+                now,
+            ) {
                 continue;
             }
             sent += 1;
@@ -913,6 +910,35 @@ impl Conn {
             }
         }
         let _ = sent;
+    }
+
+    /// Encode a delivery unless it is larger than the client's Maximum Packet Size: then it
+    /// is taken back and counted (not sent [MQTT-3.1.2-24/25]), with the topic alias it set
+    /// up, which the client never saw. Returns whether it was encoded.
+    fn encode_fitting(
+        &mut self,
+        d: &Delivery,
+        pkid: Option<PacketId>,
+        dup: bool,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> bool {
+        let before = self.out.len();
+        let had_alias = self
+            .aliases
+            .as_ref()
+            .is_some_and(|a| a.outbound.contains_key(d.msg.topic()));
+        self.encode_delivery(d, pkid, dup, now);
+        if self.out.len() - before <= self.max_packet_out {
+            return true;
+        }
+        self.out.truncate(before);
+        if !had_alias && let Some(a) = self.aliases.as_mut() {
+            a.outbound.remove(d.msg.topic());
+        }
+        let reason = DropReason::PacketTooLargeForClient;
+        metrics.count_drop(reason, &self.client_id, d.msg.topic(), now);
+        false
     }
 
     fn encode_delivery(&mut self, d: &Delivery, pkid: Option<PacketId>, dup: bool, now: Instant) {
