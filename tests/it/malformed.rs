@@ -98,6 +98,7 @@ fn wildcard_in_a_publish_topic_mqtt_3_3_2_2() {
         );
         refused(&b, &mut echo, false, &Pub::new(topic, b"x").bytes(false), 0);
     }
+    assert_eq!(b.closed("protocol_error"), 6);
     // None of them was routed: the first thing `#` sees is the echo traffic.
     let m = s.recv_publish();
     assert!(m.topic.starts_with("echo/"), "{m:?}");
