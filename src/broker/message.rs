@@ -16,8 +16,8 @@ use super::SessionKey;
 #[derive(Debug)]
 pub struct Message {
     topic: Box<str>,
-    /// Properties (wire form) followed by the payload, one allocation.
-    body: Box<[u8]>,
+    /// Properties (wire form) followed by the payload.
+    body: Body,
     props_len: usize,
     pub qos: QoS,
     pub retain: bool,
@@ -25,6 +25,60 @@ pub struct Message {
     /// The publishing session, for No Local [MQTT-3.8.3-3]. `None` for messages that did
     /// not come from a session (wills are published on behalf of their session).
     pub origin: Option<SessionKey>,
+}
+
+/// Bytes of properties + payload kept inside the message itself. On 64-bit targets this is
+/// what fills the 128-byte allocator chunk that the `Rc<Message>` occupies anyway (asserted
+/// in the tests): a small message (a sensor reading) then costs one allocation fewer and
+/// no more memory, and a larger one 32 bytes more than a bare `Box<[u8]>` would.
+pub const INLINE_BODY: usize = 46;
+
+/// Properties + payload: inline when they fit, else one heap allocation.
+#[derive(Clone)]
+enum Body {
+    Inline { len: u8, bytes: [u8; INLINE_BODY] },
+    Heap(Box<[u8]>),
+}
+
+impl Body {
+    fn new(props: &[u8], payload: &[u8]) -> Body {
+        let len = props.len() + payload.len();
+        match u8::try_from(len) {
+            Ok(n) if len <= INLINE_BODY => {
+                let mut bytes = [0u8; INLINE_BODY];
+                bytes[..props.len()].copy_from_slice(props);
+                bytes[props.len()..len].copy_from_slice(payload);
+                Body::Inline { len: n, bytes }
+            }
+            _ => {
+                let mut v = Vec::with_capacity(len);
+                v.extend_from_slice(props);
+                v.extend_from_slice(payload);
+                Body::Heap(v.into_boxed_slice())
+            }
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Body::Heap(b) => b,
+        }
+    }
+
+    /// Bytes held outside the message struct.
+    fn heap_len(&self) -> usize {
+        match self {
+            Body::Inline { .. } => 0,
+            Body::Heap(b) => b.len(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.bytes().len())
+    }
 }
 
 impl Message {
@@ -37,12 +91,9 @@ impl Message {
         expires_at: Option<Instant>,
         origin: Option<SessionKey>,
     ) -> Rc<Message> {
-        let mut body = Vec::with_capacity(props.len() + payload.len());
-        body.extend_from_slice(props);
-        body.extend_from_slice(payload);
         Rc::new(Message {
             topic: topic.into(),
-            body: body.into_boxed_slice(),
+            body: Body::new(props, payload),
             props_len: props.len(),
             qos,
             retain,
@@ -56,16 +107,16 @@ impl Message {
     }
 
     pub fn props(&self) -> &[u8] {
-        &self.body[..self.props_len]
+        &self.body.bytes()[..self.props_len]
     }
 
     pub fn payload(&self) -> &[u8] {
-        &self.body[self.props_len..]
+        &self.body.bytes()[self.props_len..]
     }
 
     /// Bytes this message holds on the heap (what queue byte caps count).
     pub fn heap_size(&self) -> usize {
-        self.topic.len() + self.body.len() + std::mem::size_of::<Message>()
+        self.topic.len() + self.body.heap_len() + std::mem::size_of::<Message>()
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
@@ -93,5 +144,41 @@ impl Message {
             expires_at: self.expires_at,
             origin: self.origin,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_inline_or_heap() {
+        let props = [0x01, 0x01];
+        for n in [0, INLINE_BODY - 2, INLINE_BODY - 1, 300] {
+            let payload: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let m = Message::new("a/b", &props, &payload, QoS::AtLeastOnce, true, None, None);
+            assert_eq!(m.topic(), "a/b");
+            assert_eq!(m.props(), &props);
+            assert_eq!(m.payload(), &payload[..]);
+            let inline = props.len() + n <= INLINE_BODY;
+            assert_eq!(matches!(m.body, Body::Inline { .. }), inline, "{n}");
+            let heap = if inline { 0 } else { props.len() + n };
+            assert_eq!(m.heap_size(), 3 + heap + std::mem::size_of::<Message>());
+            let r = m.with_retain(false);
+            assert!(!r.retain && r.payload() == m.payload() && r.props() == m.props());
+        }
+    }
+
+    /// The inline body fills what the `Rc<Message>` allocation rounds up to anyway: glibc
+    /// and musl serve 120 requested bytes from a 128-byte chunk.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn rc_message_fits_a_128_byte_chunk() {
+        let rc_box = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Message>();
+        assert!(rc_box <= 120, "Rc<Message> is {rc_box} bytes");
+        assert!(
+            rc_box > 112,
+            "INLINE_BODY could grow: Rc<Message> is {rc_box} bytes"
+        );
     }
 }
