@@ -177,7 +177,7 @@ impl fmt::Display for Budget {
     }
 }
 
-/// Bytes for people: `512 B`, `64.0 KiB`, `1.5 MiB`, `2.00 GiB`.
+/// Bytes for people: `512 B`, `64.0 KiB`, `1.5 MiB`, `2.0 GiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (unit, name) in UNITS {
@@ -200,6 +200,12 @@ fn map_bytes(n: u64, entry: u64) -> u64 {
     }
     let buckets = (n.saturating_mul(8).div_ceil(7)).max(4).next_power_of_two();
     buckets.saturating_mul(entry + 1)
+}
+
+/// One entry's share of a hash map that grows with the number of sessions or subscriptions:
+/// right after the table doubles, 16/7 buckets per entry.
+fn map_slot(entry: u64) -> u64 {
+    (entry + 1) * 16 / 7
 }
 
 /// `VecDeque`/`Vec` memory for `n` elements: capacity grows to a power of two.
@@ -316,7 +322,7 @@ pub fn worst_case(cfg: &Config) -> Budget {
     let session_fixed = sz::<Session>()
         + 8 // slab slot tag
         + name // session.client_id
-        + map_bytes(1, sz::<(Box<str>, SessionKey)>()) / 4 // by_client, amortized
+        + map_slot(sz::<(Box<str>, SessionKey)>()) // the by-client index
         + name // its key
         + sz::<SessionKey>(); // the broker's `touched` scratch
     add(
@@ -344,13 +350,16 @@ pub fn worst_case(cfg: &Config) -> Budget {
     } else {
         s.max_offline_queue_size
     };
-    let queue_msgs = u64::from(online_msgs.max(s.max_offline_queue_size));
+    // A connected session may hold a burst of up to twice its caps while it drains
+    // (broker::session::Push::Overflow); an offline one holds its offline caps.
+    let queue_msgs = u64::from((2 * online_msgs).max(s.max_offline_queue_size));
+    let queue_bytes = s.max_queue_bytes.saturating_mul(2);
     let by_count = mul(queue_msgs, msg);
-    let (queue_payload, queue_rule) = if s.max_queue_bytes > 0 && s.max_queue_bytes < by_count {
+    let (queue_payload, queue_rule) = if queue_bytes > 0 && queue_bytes < by_count {
         (
             // The byte cap counts topic + body + `Message`; add what it does not see.
-            s.max_queue_bytes + mul(queue_msgs, RC_HEADER + 3 * ALLOC),
-            format!("session.max_queue_bytes {}", human(s.max_queue_bytes)),
+            queue_bytes + mul(queue_msgs, RC_HEADER + 3 * ALLOC),
+            format!("2 x session.max_queue_bytes {}", human(s.max_queue_bytes)),
         )
     } else {
         (by_count, format!("{queue_msgs} messages x {}", human(msg)))
@@ -361,8 +370,8 @@ pub fn worst_case(cfg: &Config) -> Budget {
         Some(mul(sessions, per_queue)),
         format!(
             "session.max_sessions {sessions} x {} ({queue_rule}, the lower of the byte and \
-             message caps; {queue_msgs} = max of max_offline_queue_size and \
-             max_send_queue_size)",
+             message caps; {queue_msgs} = max of max_offline_queue_size and twice \
+             max_send_queue_size, a connected session's burst allowance)",
             human(per_queue)
         ),
         "session.max_queue_bytes, session.max_offline_queue_size or session.max_sessions"
@@ -384,7 +393,7 @@ pub fn worst_case(cfg: &Config) -> Budget {
         "session.max_inflight_messages or broker.max_message_size".to_owned(),
     );
     // ---- subscriptions -------------------------------------------------------------------
-    let per_sub = map_bytes(1, sz::<(Box<str>, SubOpts)>()) // session's own map, amortized
+    let per_sub = map_slot(sz::<(Box<str>, SubOpts)>()) // the session's own map
         + name // the filter it keeps
         + 2 * sz::<(SessionKey, SubOpts)>() // router entry (vector slack)
         + sz::<Match>() // the match scratch vector
@@ -557,22 +566,23 @@ mod tests {
         // 10 messages x ~66 KiB is above 64 KiB of bytes: the byte cap binds.
         let b = worst_case(&cfg("broker: { max_message_size: 1024 }\n\
              session: { max_sessions: 3, max_offline_queue_size: 10, max_queue_bytes: 65536 }\n"));
-        let slots = 16 * sz::<Delivery>();
+        // A connected session may hold twice its caps (a burst): 20 messages, 128 KiB.
+        let slots = 32 * sz::<Delivery>();
         assert_eq!(
             bytes(&b, "session queues"),
-            3 * (65536 + 10 * (RC_HEADER + 3 * ALLOC) + slots + ALLOC)
+            3 * (2 * 65536 + 20 * (RC_HEADER + 3 * ALLOC) + slots + ALLOC)
         );
         // A byte cap above what the message cap allows: the message cap binds.
         let b = worst_case(&cfg("broker: { max_message_size: 1024 }\n\
              session: { max_sessions: 3, max_offline_queue_size: 10, max_queue_bytes: 104857600 }\n"));
-        assert_eq!(bytes(&b, "session queues"), 3 * (10 * msg + slots + ALLOC));
+        assert_eq!(bytes(&b, "session queues"), 3 * (20 * msg + slots + ALLOC));
         // No byte cap: messages x size; max_send_queue_size counts when larger.
         let b = worst_case(&cfg("broker: { max_message_size: 1024 }\n\
              session: { max_sessions: 1, max_offline_queue_size: 10, max_send_queue_size: 20, \
              max_queue_bytes: 0 }\n"));
         assert_eq!(
             bytes(&b, "session queues"),
-            20 * msg + 32 * sz::<Delivery>() + ALLOC
+            40 * msg + 64 * sz::<Delivery>() + ALLOC
         );
         // In-flight windows and wills are per session, at full message size.
         let b = worst_case(&cfg("broker: { max_message_size: 1024 }\n\

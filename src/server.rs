@@ -58,6 +58,7 @@ impl Limits {
             max_keep_alive: b.max_keep_alive,
             topic_alias_maximum: b.topic_alias_maximum,
             disconnect_on_full: s.disconnect_on_full,
+            slow_consumer_grace: crate::broker::SLOW_CONSUMER_GRACE,
         }
     }
 }

@@ -22,6 +22,9 @@ use message::Message;
 use router::{Match, Router, SubOpts};
 use session::{Conn, Delivery, Push, QueueLimits, Session, Signal, Will};
 
+/// How long a connected session's queue may stay over its cap while it drains a burst.
+pub const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(5);
+
 /// Index of a session in the broker. Valid until the session ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionKey(pub u32);
@@ -45,6 +48,9 @@ pub struct Limits {
     /// A QoS>0 delivery into a connected session's full queue: disconnect the slow consumer
     /// (true) or drop the delivery (false).
     pub disconnect_on_full: bool,
+    /// How long a connected session's queue may stay over its cap (a burst draining)
+    /// before it is a slow consumer.
+    pub slow_consumer_grace: Duration,
 }
 
 impl Default for Limits {
@@ -69,6 +75,7 @@ impl Default for Limits {
             max_keep_alive: 0,
             topic_alias_maximum: 10,
             disconnect_on_full: true,
+            slow_consumer_grace: SLOW_CONSUMER_GRACE,
         }
     }
 }
@@ -392,6 +399,9 @@ impl Broker {
                     .count_drop(reason, &s.client_id, &topic_for_log(), now);
                 return false;
             }
+            Push::Overflow => {
+                s.overflow_since.get_or_insert(now);
+            }
             Push::SlowConsumer if !self.limits.disconnect_on_full => {
                 self.metrics
                     .count_drop(DropReason::QueueFull, &s.client_id, &topic_for_log(), now);
@@ -399,17 +409,13 @@ impl Broker {
             }
             Push::SlowConsumer => {
                 log::warn!(
-                    "client {:?} cannot keep up (QoS>0 queue full at {} messages): disconnecting",
+                    "client {:?} cannot keep up (QoS>0 queue at twice its cap, {} messages): disconnecting",
                     s.client_id,
                     s.queue.len()
                 );
-                if let Some(c) = &s.conn {
-                    c.signal.kick(ReasonCode::QuotaExceeded);
-                }
                 // The connection is gone as far as routing is concerned: the session goes
                 // offline now, and the message takes the offline path.
-                let conn_id = s.conn.as_ref().map_or(0, |c| c.conn_id);
-                self.disconnect(key, conn_id, true, now);
+                self.drop_slow_consumer(key, now);
                 if self.sessions.get(key.0 as usize).is_none() {
                     self.metrics
                         .count_drop(DropReason::QueueFull, "", &topic_for_log(), now);
@@ -422,6 +428,30 @@ impl Broker {
             self.touched.push(key);
         }
         true
+    }
+
+    /// Disconnect a connected session that cannot keep up (v5 DISCONNECT 0x97): it goes
+    /// offline, its queue is trimmed to the offline caps (counted), its will is published.
+    fn drop_slow_consumer(&mut self, key: SessionKey, now: Instant) {
+        let s = &mut self.sessions[key.0 as usize];
+        let Some(c) = &s.conn else { return };
+        c.signal.kick(ReasonCode::QuotaExceeded);
+        let conn_id = c.conn_id;
+        s.overflow_since = None;
+        self.disconnect(key, conn_id, true, now);
+        let lim = self.limits.queue;
+        if let Some(s) = self.sessions.get_mut(key.0 as usize) {
+            let n = s.trim_offline(&lim);
+            let reason = if lim.evict_offline {
+                DropReason::OfflineEvicted
+            } else {
+                DropReason::OfflineRejected
+            };
+            let client = s.client_id.clone();
+            for _ in 0..n {
+                self.metrics.count_drop(reason, &client, "", now);
+            }
+        }
     }
 
     fn flush_notifications(&mut self) {
@@ -516,13 +546,33 @@ impl Broker {
     pub fn tick(&mut self, now: Instant) {
         let mut due_wills = Vec::new();
         let mut expired = Vec::new();
-        for (k, s) in self.sessions.iter() {
+        let mut slow = Vec::new();
+        let lim = self.limits.queue;
+        for (k, s) in self.sessions.iter_mut() {
+            if let Some(since) = s.overflow_since {
+                if !s.is_connected() || !s.over_cap(&lim) {
+                    s.overflow_since = None;
+                } else if now.saturating_duration_since(since) >= self.limits.slow_consumer_grace {
+                    slow.push(SessionKey(k as u32));
+                }
+            }
             if s.will_at.is_some_and(|t| t <= now) {
                 due_wills.push(SessionKey(k as u32));
             }
             if s.expires_at.is_some_and(|t| t <= now) {
                 expired.push(SessionKey(k as u32));
             }
+        }
+        for key in slow {
+            if !self.limits.disconnect_on_full {
+                continue; // its queue stays bounded at twice the cap; new deliveries are dropped
+            }
+            log::warn!(
+                "client {:?} cannot keep up (queue over its cap for {:?}): disconnecting",
+                self.sessions[key.0 as usize].client_id,
+                self.limits.slow_consumer_grace
+            );
+            self.drop_slow_consumer(key, now);
         }
         for key in due_wills {
             let s = &mut self.sessions[key.0 as usize];

@@ -149,6 +149,10 @@ pub enum Push {
     /// Connected subscriber whose QoS>0 queue is full: it is disconnected (slow consumer)
     /// and the message is then offered to its offline queue.
     SlowConsumer,
+    /// Queued past the soft cap of a connected session (a burst): allowed up to twice the
+    /// cap; the session is a slow consumer only if it stays over the cap
+    /// (`Limits::slow_consumer_grace`).
+    Overflow,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +188,8 @@ pub struct Session {
     pub expires_at: Option<Instant>,
     pub will: Option<Will>,
     pub will_at: Option<Instant>,
+    /// Since when a connected session's queue has been over its cap (see `Push::Overflow`).
+    pub overflow_since: Option<Instant>,
 }
 
 impl Session {
@@ -201,6 +207,7 @@ impl Session {
             expires_at: None,
             will: None,
             will_at: None,
+            overflow_since: None,
         }
     }
 
@@ -219,9 +226,11 @@ impl Session {
     }
 
     /// Offer a delivery. Policy (design.md §6): a connected subscriber that cannot keep up
-    /// loses its oldest QoS 0 messages; when a QoS>0 message finds the queue full it is
-    /// disconnected. An offline session queues QoS>0 only, evicting the oldest or rejecting
-    /// the newest per `session.offline_queue_policy`.
+    /// loses its oldest QoS 0 messages; a QoS>0 message finding the queue full is still
+    /// queued up to twice the cap (a burst from a publisher arrives before the subscriber's
+    /// connection could drain anything), and the subscriber is disconnected when its queue
+    /// stays over the cap or reaches twice it. An offline session queues QoS>0 only,
+    /// evicting the oldest or rejecting the newest per `session.offline_queue_policy`.
     pub fn push(&mut self, d: Delivery, lim: &QueueLimits) -> Push {
         use crate::metrics::DropReason;
         let size = d.heap_size();
@@ -256,6 +265,11 @@ impl Session {
                 }
                 self.enqueue(d, size);
                 return Push::Evicted(DropReason::SlowSubscriberQos0);
+            }
+            if self.queue.len() < 2 * max && self.queue_bytes + size <= lim.bytes.saturating_mul(2)
+            {
+                self.enqueue(d, size);
+                return Push::Overflow;
             }
             return Push::SlowConsumer;
         }
@@ -292,6 +306,30 @@ impl Session {
     fn enqueue(&mut self, d: Delivery, size: usize) {
         self.queue_bytes += size;
         self.queue.push_back(d);
+    }
+
+    /// Is the queue over the cap for a connected session (a burst not yet drained)?
+    pub fn over_cap(&self, lim: &QueueLimits) -> bool {
+        self.queue.len() > lim.online_msgs || self.queue_bytes > lim.bytes
+    }
+
+    /// After the session went offline, bring its queue back under the offline caps (oldest
+    /// first with `evict`, newest first with `reject`). Returns how many were dropped.
+    pub fn trim_offline(&mut self, lim: &QueueLimits) -> usize {
+        let mut dropped = 0;
+        while self.queue.len() > lim.offline_msgs || self.queue_bytes > lim.bytes {
+            let gone = if lim.evict_offline {
+                self.queue.pop_front()
+            } else {
+                self.queue.pop_back()
+            };
+            match gone {
+                Some(d) => self.queue_bytes -= d.heap_size(),
+                None => break,
+            }
+            dropped += 1;
+        }
+        dropped
     }
 
     pub fn pop(&mut self) -> Option<Delivery> {
@@ -383,7 +421,12 @@ mod tests {
         );
         assert_eq!(s.queue.len(), 2);
         assert_eq!(s.queue[0].qos, QoS::AtLeastOnce, "QoS 1 kept");
+        // QoS 1 past the cap: a burst is held up to twice the cap, then it is too much.
+        assert_eq!(s.push(d(QoS::AtLeastOnce), &LIM), Push::Overflow);
+        assert_eq!(s.push(d(QoS::AtLeastOnce), &LIM), Push::Overflow);
+        assert!(s.over_cap(&LIM));
         assert_eq!(s.push(d(QoS::AtLeastOnce), &LIM), Push::SlowConsumer);
+        assert_eq!(s.queue.len(), 4);
     }
 
     #[test]

@@ -226,16 +226,54 @@ fn slow_consumer_is_disconnected_and_message_kept_offline() {
     let s = connect(&mut b, "slow", false, 60, now);
     b.subscribe(s.key, "t", opts(QoS::AtLeastOnce), 0, now)
         .unwrap();
-    for _ in 0..3 {
+    // A burst of 5 into a queue capped at 2: held (up to twice the cap), the rest is too
+    // much and disconnects the subscriber; the offline queue keeps what fits.
+    for _ in 0..5 {
         b.publish(msg("t", QoS::AtLeastOnce, false), now).unwrap();
     }
     assert_eq!(s.signal.kicked(), Some(ReasonCode::QuotaExceeded));
     assert!(!b.session(s.key).is_connected());
     assert_eq!(
         b.session(s.key).queue.len(),
-        3,
+        5,
         "kept for the offline session"
     );
+}
+
+#[test]
+fn burst_over_the_cap_is_held_and_drained_slow_consumer_only_if_it_stays() {
+    let t0 = Instant::now();
+    let lim = Limits {
+        queue: QueueLimits {
+            online_msgs: 2,
+            offline_msgs: 2,
+            bytes: 1 << 20,
+            evict_offline: true,
+        },
+        ..Limits::default()
+    };
+    let mut b = broker(lim);
+    let s = connect(&mut b, "c", false, 60, t0);
+    b.subscribe(s.key, "t", opts(QoS::AtLeastOnce), 0, t0)
+        .unwrap();
+    for _ in 0..3 {
+        b.publish(msg("t", QoS::AtLeastOnce, false), t0).unwrap();
+    }
+    assert_eq!(s.signal.kicked(), None, "a burst is not a slow consumer");
+    // Drained in time: the overflow mark clears.
+    b.session_mut(s.key).pop();
+    b.tick(t0 + SLOW_CONSUMER_GRACE);
+    assert_eq!(b.session(s.key).overflow_since, None);
+    assert!(b.session(s.key).is_connected());
+    // Over the cap again and it stays there past the grace: slow consumer, and the offline
+    // queue keeps the newest 2 (evict policy), the oldest counted.
+    b.publish(msg("t", QoS::AtLeastOnce, false), t0 + SLOW_CONSUMER_GRACE)
+        .unwrap();
+    b.tick(t0 + SLOW_CONSUMER_GRACE * 2);
+    assert_eq!(s.signal.kicked(), Some(ReasonCode::QuotaExceeded));
+    assert!(!b.session(s.key).is_connected());
+    assert_eq!(b.session(s.key).queue.len(), 2);
+    assert_eq!(b.metrics.dropped(DropReason::OfflineEvicted), 1);
 }
 
 #[test]
@@ -270,11 +308,11 @@ fn full_queue_without_disconnect_on_full_drops_and_keeps_the_connection() {
     let s = connect(&mut b, "slow", false, 60, now);
     b.subscribe(s.key, "t", opts(QoS::AtLeastOnce), 0, now)
         .unwrap();
-    for _ in 0..3 {
+    for _ in 0..5 {
         b.publish(msg("t", QoS::AtLeastOnce, false), now).unwrap();
     }
     assert_eq!(s.signal.kicked(), None);
     assert!(b.session(s.key).is_connected());
-    assert_eq!(b.session(s.key).queue.len(), 2);
+    assert_eq!(b.session(s.key).queue.len(), 4, "held up to twice the cap");
     assert_eq!(b.metrics.dropped(DropReason::QueueFull), 1);
 }
