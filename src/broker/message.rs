@@ -131,20 +131,6 @@ impl Message {
             u32::try_from(secs).unwrap_or(u32::MAX)
         })
     }
-
-    /// The same message re-published with a different retain flag (a retained copy keeps
-    /// retain=1; the routed copy may differ), sharing nothing but the bytes' content.
-    pub fn with_retain(&self, retain: bool) -> Rc<Message> {
-        Rc::new(Message {
-            topic: self.topic.clone(),
-            body: self.body.clone(),
-            props_len: self.props_len,
-            qos: self.qos,
-            retain,
-            expires_at: self.expires_at,
-            origin: self.origin,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -164,8 +150,6 @@ mod tests {
             assert_eq!(matches!(m.body, Body::Inline { .. }), inline, "{n}");
             let heap = if inline { 0 } else { props.len() + n };
             assert_eq!(m.heap_size(), 3 + heap + std::mem::size_of::<Message>());
-            let r = m.with_retain(false);
-            assert!(!r.retain && r.payload() == m.payload() && r.props() == m.props());
         }
     }
 
