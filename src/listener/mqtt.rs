@@ -38,9 +38,10 @@ pub struct Spec {
     pub active: Cell<usize>,
 }
 
-/// Output capacity kept between writes; larger buffers are freed once drained so that an
-/// idle connection holds almost nothing.
+/// Output capacity an idle connection keeps; a larger buffer is freed once the connection
+/// has been idle for `IDLE_SHRINK`, so that an idle connection holds almost nothing.
 const KEEP_OUT_CAPACITY: usize = 512;
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
 
 pub async fn accept_loop(
     ex: Rc<LocalExecutor<'static>>,
@@ -216,11 +217,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
             if *written > 0 && *written == conn.out().len() {
-                let out = conn.out();
-                out.clear();
-                if out.capacity() > KEEP_OUT_CAPACITY {
-                    *out = Vec::new();
-                }
+                // Keep the capacity while the connection is busy (freeing a large buffer
+                // after every flush costs the allocator more than the write); it is freed
+                // once the connection has been idle for a second (see the deadline below).
+                conn.out().clear();
                 *written = 0;
                 *stuck_since = None;
             }
@@ -272,6 +272,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 // 4. Time: the state machine's deadline, or the write timeout.
                 if conn.signal().deadline().is_some_and(|t| t <= now) {
                     conn.signal().set_deadline(None);
+                    if conn.out().is_empty() && conn.out().capacity() > KEEP_OUT_CAPACITY {
+                        *conn.out() = Vec::new(); // idle: an idle connection holds no buffer
+                    }
                     conn.handle_timeout(&mut broker, now);
                     continue;
                 }
@@ -288,9 +291,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Poll::Ready(());
             }
             // The server's sweep wakes this connection once its deadline passes.
+            let shrink = (conn.out().is_empty() && conn.out().capacity() > KEEP_OUT_CAPACITY)
+                .then(|| clock::now() + IDLE_SHRINK);
             let deadline = [
                 conn.next_deadline(&shared.broker.borrow()),
                 stuck_since.map(|s| s + spec.write_timeout),
+                shrink,
             ]
             .into_iter()
             .flatten()

@@ -92,7 +92,8 @@ fn reason(byte: u8, valid: &[u8]) -> Result<ReasonCode, DecodeError> {
 /// A topic name as PUBLISH and the Will carry it: no wildcards [MQTT-3.3.2-2]. Emptiness is
 /// checked by the caller (a v5 PUBLISH may use a Topic Alias instead).
 fn topic_name(topic: &str) -> Result<&str, DecodeError> {
-    if topic.contains(['+', '#']) {
+    // A byte scan: `str::contains` with a char set is several times slower on short topics.
+    if topic.bytes().any(|b| b == b'+' || b == b'#') {
         return Err(DecodeError::TopicName(
             "wildcard in topic name [MQTT-3.3.2-2]",
         ));
