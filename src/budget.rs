@@ -46,11 +46,10 @@ use crate::protocol::mqtt::conn::{Conn, FRAME_OVERHEAD};
 pub const ASSUMED_NAME_LEN: u64 = 128;
 /// Assumed topic levels of a subscription filter, each a trie node when nobody shares it.
 pub const ASSUMED_FILTER_LEVELS: u64 = 4;
-/// `protocol::mqtt::conn::OUT_HIGH_WATER` (private there): output kept before the driver
-/// stops pulling deliveries and reading input.
-pub const OUT_HIGH_WATER: u64 = 64 * 1024;
-/// Connections the health endpoint serves at once (`listener::health`, private there).
-pub const HEALTH_MAX_CONNECTIONS: u64 = 64;
+/// Output kept before the driver stops pulling deliveries and reading input.
+pub const OUT_HIGH_WATER: u64 = crate::protocol::mqtt::conn::OUT_HIGH_WATER as u64;
+/// Connections the health endpoint serves at once.
+pub const HEALTH_MAX_CONNECTIONS: u64 = crate::listener::health::MAX_CONNECTIONS as u64;
 /// One health/metrics HTTP connection: hyper's read buffer (capped at 16 KiB), its write
 /// buffer and a `/metrics` body.
 pub const HEALTH_CONNECTION: u64 = 32 * 1024;

@@ -19,7 +19,7 @@ use smol_hyper::rt::{FuturesIo, SmolTimer};
 use super::Shared;
 
 /// Health checks are tiny; a handful of concurrent scrapers is plenty.
-const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS: usize = 64;
 
 pub async fn serve(
     ex: Rc<LocalExecutor<'static>>,

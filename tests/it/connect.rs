@@ -401,3 +401,19 @@ fn will_refusals_at_connect_mqtt_3_2_2_12() {
     c.expect_closed_silently();
     assert_eq!(b.value("sessions"), 0);
 }
+
+#[test]
+fn a_will_over_max_message_size_is_refused_retained_or_not() {
+    let b = start("broker: { max_message_size: 1024 }");
+    let big = vec![b'x'; 2000];
+    // Not retained: still a message over the cap, refused with 0x95 Packet too large.
+    let (mut c, ack) = Raw::connect(b.v5, &Connect::v5("wb").will(WillSpec::new("will/t", &big)));
+    assert_eq!(ack.code, 0x95);
+    c.expect_closed_silently();
+    // Within the cap: accepted.
+    let (_ok, ack) = Raw::connect(
+        b.v5,
+        &Connect::v5("ws").will(WillSpec::new("will/t", &big[..1000])),
+    );
+    assert_eq!(ack.code, 0);
+}

@@ -122,7 +122,8 @@ impl Conn {
                         broker,
                     );
                 }
-                if w.retain && w.payload.len() > lim.max_message_size {
+                // A will is a message like any other: the same payload cap, retained or not.
+                if w.payload.len() > lim.max_message_size {
                     return self.connack_refuse(
                         v,
                         ReasonCode::PacketTooLarge,

@@ -36,7 +36,7 @@ pub enum Accept {
 /// in one packet, as FluxMQ does: the packet cap is checked from the fixed header.
 pub const FRAME_OVERHEAD: usize = 64 * 1024;
 /// Stop pulling deliveries and reading input while this much output is unwritten.
-const OUT_HIGH_WATER: usize = 64 * 1024;
+pub const OUT_HIGH_WATER: usize = 64 * 1024;
 
 #[derive(Debug)]
 struct Attached {
@@ -170,7 +170,10 @@ impl Conn {
             let used = self.handle_frames(&buf, broker, now);
             buf.drain(..used);
             if self.closed.is_none() && !buf.is_empty() {
-                self.partial = buf; // keep the allocation while a packet is still partial
+                // Keep the allocation while a packet is still partial, but no more than the
+                // frame needs (appending a whole read could have doubled it).
+                buf.shrink_to(self.partial_need.max(buf.len()));
+                self.partial = buf;
             }
         }
         if self.closed.is_none() {
