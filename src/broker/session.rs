@@ -127,6 +127,9 @@ pub struct Inflight {
     pub state: OutState,
     pub sent_at: Instant,
     pub retries: u32,
+    /// Held back at reconnect: to be resent (DUP, same packet id) once the client's
+    /// Receive Maximum leaves room.
+    pub resend: bool,
 }
 
 #[derive(Debug)]
@@ -480,6 +483,7 @@ mod tests {
             state: OutState::Published,
             sent_at: Instant::now(),
             retries: 0,
+            resend: false,
         });
         assert_eq!(s.next_pkid(), 3);
     }

@@ -322,3 +322,41 @@ fn frame_over_the_announced_maximum_packet_size_is_refused_from_its_fixed_header
     c0.expect_closed_silently();
     assert_eq!(b.closed("packet_too_large"), 3);
 }
+
+#[test]
+fn redelivery_on_reconnect_respects_the_new_receive_maximum_mqtt_3_3_4_9() {
+    let b = start("");
+    let c = |rm: u16| {
+        Connect::v5("rm-resend")
+            .props(
+                P::new()
+                    .u32(prop::SESSION_EXPIRY, 300)
+                    .u16(prop::RECEIVE_MAXIMUM, rm),
+            )
+            .clean(false)
+    };
+    let (mut s, _) = Raw::connect_ok(b.v5, &c(3));
+    s.sub("rm/#", 1);
+    let mut p = Raw::v5(b.v5, "p");
+    for i in 0..3u8 {
+        p.pub1("rm/t", &[b'a' + i]);
+    }
+    let first: Vec<Msg> = (0..3).map(|_| s.recv_publish()).collect();
+    s.drop_connection();
+    b.wait_value("sessions_connected", |n| n == 1);
+    // Back with Receive Maximum 1: one resend at a time, in order, original ids, DUP set.
+    let (mut s, ack) = Raw::connect_ok(b.v5, &c(1));
+    assert!(ack.session_present);
+    for m in &first {
+        let again = s.recv_publish();
+        assert!(again.dup);
+        assert_eq!(
+            (again.pkid, again.payload.clone()),
+            (m.pkid, m.payload.clone())
+        );
+        s.ping(); // nothing else arrives while this one is unacknowledged
+        s.send(&puback(again.pkid));
+    }
+    s.ping();
+    assert_eq!(b.value("retransmissions_total"), 3);
+}

@@ -220,11 +220,57 @@ impl Conn {
 
     /// Resend unacknowledged PUBLISH (DUP=1) and PUBREL packets with their original ids, in
     /// order, when a session resumes [MQTT-4.4.0-1].
+    /// At most the client's Receive Maximum of them now [MQTT-3.3.4-9]; the rest are
+    /// marked and resent by `poll_deliveries` as acknowledgements free the window.
     pub(super) fn resend_inflight(&mut self, broker: &mut Broker, now: Instant) {
         let Some(a) = &self.session else { return };
         let key = a.key;
+        let window = usize::from(self.receive_max.min(broker.limits.max_inflight));
+        let s = broker.session_mut(key);
+        for (i, inf) in s.inflight.iter_mut().enumerate() {
+            inf.resend = i >= window;
+        }
+        self.pending_resends = s.inflight.iter().filter(|i| i.resend).count();
         let mut i = 0;
         while i < broker.session(key).inflight.len() {
+            if broker.session(key).inflight[i].resend {
+                i += 1;
+                continue;
+            }
+            if self.resend_one(key, i, broker, now) {
+                i += 1;
+            }
+        }
+    }
+
+    /// Resend in-flight messages held back at reconnect while the window has room.
+    pub(super) fn resend_held_back(
+        &mut self,
+        key: SessionKey,
+        window: usize,
+        broker: &mut Broker,
+        now: Instant,
+    ) {
+        while self.pending_resends > 0 && self.out.len() < OUT_HIGH_WATER {
+            let s = broker.session(key);
+            let live = s.inflight.iter().filter(|i| !i.resend).count();
+            let Some(i) = s.inflight.iter().position(|i| i.resend) else {
+                self.pending_resends = 0;
+                break;
+            };
+            if live >= window {
+                break;
+            }
+            broker.session_mut(key).inflight[i].resend = false;
+            self.pending_resends -= 1;
+            self.resend_one(key, i, broker, now);
+        }
+    }
+
+    /// Resend in-flight entry `i` (DUP PUBLISH or PUBREL, original packet id). Returns false
+    /// when it was dropped instead (too large for the client now).
+    fn resend_one(&mut self, key: SessionKey, i: usize, broker: &mut Broker, now: Instant) -> bool {
+        {
             let s = broker.session_mut(key);
             let inf = &mut s.inflight[i];
             inf.sent_at = now;
@@ -236,7 +282,7 @@ impl Conn {
                         // Too large for the limit the client announced this time: dropped
                         // as if sent [MQTT-3.1.2-25].
                         broker.session_mut(key).inflight.remove(i);
-                        continue;
+                        return false;
                     }
                 }
                 OutState::Released => self.send(&Packet::PubRel(ack(
@@ -244,9 +290,9 @@ impl Conn {
                     ReasonCode::Success,
                 ))),
             }
-            broker.metrics.add(Counter::Retransmissions, 1);
-            i += 1;
         }
+        broker.metrics.add(Counter::Retransmissions, 1);
+        true
     }
 }
 

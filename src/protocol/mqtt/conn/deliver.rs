@@ -17,6 +17,9 @@ impl Conn {
         self.signal.take_ready();
         let key = a.key;
         let window = usize::from(self.receive_max.min(broker.limits.max_inflight));
+        if self.pending_resends > 0 {
+            self.resend_held_back(key, window, broker, now);
+        }
         loop {
             if self.out.len() >= OUT_HIGH_WATER {
                 break;
@@ -54,6 +57,7 @@ impl Conn {
                     state: OutState::Published,
                     sent_at: now,
                     retries: 0,
+                    resend: false,
                 });
             } else {
                 broker.metrics.add(Counter::MessagesDelivered, 1);

@@ -71,6 +71,8 @@ pub struct Conn {
     /// Topic alias tables, allocated on first use (most connections never alias).
     aliases: Option<Box<Aliases>>,
     connect_expiry: u32,
+    /// In-flight messages held back at reconnect by the client's Receive Maximum.
+    pending_resends: usize,
     closed: Option<CloseReason>,
     /// Publish the will when this connection ends (false after a normal DISCONNECT).
     will_on_close: bool,
@@ -111,6 +113,7 @@ impl Conn {
             problem_info: true,
             aliases: None,
             connect_expiry: 0,
+            pending_resends: 0,
             closed: None,
             will_on_close: true,
         }
