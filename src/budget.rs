@@ -9,8 +9,8 @@
 //!
 //! What is simultaneously possible, and therefore summed:
 //! - Partial packets: a connection keeps the bytes of an incomplete packet, with room for the
-//!   whole frame reserved once its header is known (`max_message_size` + the 64 KiB framing
-//!   allowance `FRAME_OVERHEAD`). The frame cap applies before CONNECT too, so every
+//!   whole frame reserved once its header is known (`protocol::mqtt::conn::max_frame`:
+//!   `max_message_size` + a framing allowance of up to 64 KiB). The frame cap applies before CONNECT too, so every
 //!   connection, authenticated or not, can hold one at the same time (a slow sender).
 //! - Output: deliveries are encoded until the buffer reaches the 64 KiB high-water mark; the
 //!   last one may cross it by up to one frame, so a connection whose peer does not read holds
@@ -40,7 +40,7 @@ use crate::broker::router::{Match, SubOpts};
 use crate::broker::session::{Delivery, Inflight, Session, Signal};
 use crate::config::{AuthProvider, Config, Family};
 use crate::listener::READ_BUF;
-use crate::protocol::mqtt::conn::{Conn, FRAME_OVERHEAD};
+use crate::protocol::mqtt::conn::{Conn, max_frame as mqtt_max_frame};
 
 /// Assumed length of a client ID, topic name or topic filter (bytes).
 pub const ASSUMED_NAME_LEN: u64 = 128;
@@ -253,12 +253,12 @@ pub fn worst_case(cfg: &Config) -> Budget {
         || "unlimited connections (a listener has max_connections 0)".to_owned(),
         |n| format!("{n} connections"),
     );
-    let max_frame = u64::from(b.max_message_size) + FRAME_OVERHEAD as u64;
+    let max_frame = mqtt_max_frame(b.max_message_size as usize) as u64;
     let frame_text = format!(
         "{} (broker.max_message_size {} + {} framing)",
         human(max_frame),
         human(u64::from(b.max_message_size)),
-        human(FRAME_OVERHEAD as u64)
+        human(max_frame - u64::from(b.max_message_size))
     );
     let alias_max = u64::from(b.topic_alias_maximum);
     let name = ASSUMED_NAME_LEN + ALLOC;
@@ -542,7 +542,7 @@ mod tests {
     #[test]
     fn per_connection_buffers_scale_with_connections_and_frame() {
         let b = worst_case(&cfg("broker: { max_message_size: 4096 }\n"));
-        let frame = 4096 + FRAME_OVERHEAD as u64;
+        let frame = 4096 + 4096; // the framing allowance follows the message size
         assert_eq!(bytes(&b, "partial-packet buffers"), 100 * (frame + ALLOC));
         assert_eq!(
             bytes(&b, "output buffers"),
@@ -561,15 +561,15 @@ mod tests {
 
     #[test]
     fn queues_take_the_lower_of_bytes_and_messages() {
-        let msg = RC_HEADER + sz::<Message>() + 1024 + FRAME_OVERHEAD as u64 + 3 * ALLOC;
-        // 10 messages x ~66 KiB is above 64 KiB of bytes: the byte cap binds.
+        let msg = RC_HEADER + sz::<Message>() + mqtt_max_frame(1024) as u64 + 3 * ALLOC;
+        // A connected session may hold twice its caps (a burst): 20 messages of ~2 KiB
+        // frames are above 2 x 16 KiB of bytes: the byte cap binds.
         let b = worst_case(&cfg("broker: { max_message_size: 1024 }\n\
-             session: { max_sessions: 3, max_offline_queue_size: 10, max_queue_bytes: 65536 }\n"));
-        // A connected session may hold twice its caps (a burst): 20 messages, 128 KiB.
+             session: { max_sessions: 3, max_offline_queue_size: 10, max_queue_bytes: 16384 }\n"));
         let slots = 32 * sz::<Delivery>();
         assert_eq!(
             bytes(&b, "session queues"),
-            3 * (2 * 65536 + 20 * (RC_HEADER + 3 * ALLOC) + slots + ALLOC)
+            3 * (2 * 16384 + 20 * (RC_HEADER + 3 * ALLOC) + slots + ALLOC)
         );
         // A byte cap above what the message cap allows: the message cap binds.
         let b = worst_case(&cfg("broker: { max_message_size: 1024 }\n\
@@ -601,7 +601,7 @@ mod tests {
         let b = worst_case(&cfg(
             "broker: { max_message_size: 1024, max_retained_messages: 2, max_retained_bytes: 0 }\n",
         ));
-        assert!(bytes(&b, "retained messages") >= 2 * (1024 + FRAME_OVERHEAD as u64));
+        assert!(bytes(&b, "retained messages") >= 2 * mqtt_max_frame(1024) as u64);
     }
 
     #[test]
@@ -626,7 +626,7 @@ mod tests {
 
     #[test]
     fn refusal_names_the_three_largest_and_the_keys() {
-        let c = cfg("broker: { memory_limit: 8M, max_message_size: 1024 }\n\
+        let c = cfg("broker: { memory_limit: 8M, max_message_size: 65536 }\n\
              session: { max_sessions: 1000, max_inflight_messages: 16, max_queue_bytes: 65536 }\n");
         let b = worst_case(&c);
         let e = b.check().expect_err("over budget");

@@ -108,7 +108,7 @@ fn wildcard_in_a_publish_topic_mqtt_3_3_2_2() {
 fn packet_over_the_announced_maximum_packet_size() {
     let b = start("broker: { max_message_size: 1024 }");
     let mut echo = Echo::new(b.v5, true, "e");
-    // 70,000 bytes > 1024 + 65536: refused from the header, the body never sent.
+    // 70,000 bytes > 1024 + 1024: refused from the header, the body never sent.
     let header = [0x30, 0xF0, 0xA2, 0x04];
     refused(&b, &mut echo, true, &header, 0x95);
     refused(&b, &mut echo, false, &header, 0);

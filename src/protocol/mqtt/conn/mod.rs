@@ -32,9 +32,18 @@ pub enum Accept {
     Auto,
 }
 
-/// Bytes of MQTT framing (topic, properties) allowed on top of `broker.max_message_size`
-/// in one packet, as FluxMQ does: the packet cap is checked from the fixed header.
+/// Most bytes of MQTT framing (topic, properties) allowed on top of
+/// `broker.max_message_size` in one packet: 64 KiB, as FluxMQ does.
 pub const FRAME_OVERHEAD: usize = 64 * 1024;
+
+/// The largest packet accepted (checked from the fixed header, announced as Maximum Packet
+/// Size): `max_message_size` plus a framing allowance of `max_message_size` itself, at
+/// least 1 KiB and at most `FRAME_OVERHEAD`. The default 1 MiB messages get FluxMQ's
+/// 64 KiB; a small board's 4 KiB messages get 4 KiB of topic and properties rather than
+/// 64 KiB, which is what every per-connection and per-message worst case scales with.
+pub fn max_frame(max_message_size: usize) -> usize {
+    max_message_size + max_message_size.clamp(1024, FRAME_OVERHEAD)
+}
 /// Stop pulling deliveries and reading input while this much output is unwritten.
 pub const OUT_HIGH_WATER: usize = 64 * 1024;
 
@@ -103,7 +112,7 @@ impl Conn {
             partial: Vec::new(),
             partial_need: 0,
             out: Vec::new(),
-            max_frame: max_message_size + FRAME_OVERHEAD,
+            max_frame: max_frame(max_message_size),
             connect_deadline: now + read_timeout,
             keep_alive: 0,
             last_rx: now,
