@@ -139,6 +139,10 @@ impl Broker {
         &mut self.sessions[key.0 as usize]
     }
 
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     pub fn session_by_client(&self, client_id: &str) -> Option<SessionKey> {
         self.by_client.get(client_id).copied()
     }

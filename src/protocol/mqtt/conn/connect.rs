@@ -96,7 +96,7 @@ impl Conn {
                     broker,
                 );
             }
-            Some(assign_client_id(broker, now))
+            Some(assign_client_id(broker))
         } else {
             None
         };
@@ -309,11 +309,11 @@ pub(super) fn peek_level(frame: &[u8]) -> Option<u8> {
 }
 
 /// A client id for a client that sent none: unique among live sessions.
-pub(super) fn assign_client_id(broker: &Broker, now: Instant) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut n = std::collections::hash_map::RandomState::new().build_hasher();
-    n.write_u64(now.elapsed().as_nanos() as u64);
-    let mut seed = n.finish();
+pub(super) fn assign_client_id(broker: &Broker) -> String {
+    // A per-call random seed (the standard library's keyed hasher state), then an LCG
+    // until the id is free among live sessions.
+    use std::hash::BuildHasher;
+    let mut seed = std::collections::hash_map::RandomState::new().hash_one(broker.session_count());
     loop {
         let id = format!("fluxmq-edge-{seed:016x}");
         if broker.session_by_client(&id).is_none() {
