@@ -47,6 +47,7 @@ pub const ASSUMED_NAME_LEN: u64 = 128;
 /// Assumed topic levels of a subscription filter, each a trie node when nobody shares it.
 pub const ASSUMED_FILTER_LEVELS: u64 = 4;
 /// Output kept before the driver stops pulling deliveries and reading input.
+/// (At most; `protocol::mqtt::conn::out_high_water` scales it with the message size.)
 pub const OUT_HIGH_WATER: u64 = crate::protocol::mqtt::conn::OUT_HIGH_WATER as u64;
 /// Connections the health endpoint serves at once.
 pub const HEALTH_MAX_CONNECTIONS: u64 = crate::listener::health::MAX_CONNECTIONS as u64;
@@ -292,14 +293,16 @@ pub fn worst_case(cfg: &Config) -> Budget {
         format!("{conns_text} x {frame_text}"),
         format!("{conn_keys} or broker.max_message_size"),
     );
-    let out_buf = OUT_HIGH_WATER + max_frame + ALLOC;
+    let high_water =
+        crate::protocol::mqtt::conn::out_high_water(b.max_message_size as usize) as u64;
+    let out_buf = high_water + max_frame + ALLOC;
     add(
         "output buffers",
         per_conn(out_buf),
         format!(
             "{conns_text} x {} (high water {} + one frame)",
             human(out_buf),
-            human(OUT_HIGH_WATER)
+            human(high_water)
         ),
         format!("{conn_keys} or broker.max_message_size"),
     );
@@ -546,7 +549,7 @@ mod tests {
         assert_eq!(bytes(&b, "partial-packet buffers"), 100 * (frame + ALLOC));
         assert_eq!(
             bytes(&b, "output buffers"),
-            100 * (OUT_HIGH_WATER + frame + ALLOC)
+            100 * (16 * 1024 + frame + ALLOC) // high water: 2 x 8 KiB frames = 16 KiB
         );
         let conn = bytes(&b, "connection state") / 100;
         assert!(conn >= sz::<Conn>() + DRIVER_TASK, "{conn}");

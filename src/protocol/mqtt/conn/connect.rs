@@ -251,7 +251,7 @@ impl Conn {
         broker: &mut Broker,
         now: Instant,
     ) {
-        while self.pending_resends > 0 && self.out.len() < OUT_HIGH_WATER {
+        while self.pending_resends > 0 && self.out.len() < self.high_water {
             let s = broker.session(key);
             let live = s.inflight.iter().filter(|i| !i.resend).count();
             let Some(i) = s.inflight.iter().position(|i| i.resend) else {

@@ -21,7 +21,7 @@ impl Conn {
             self.resend_held_back(key, window, broker, now);
         }
         loop {
-            if self.out.len() >= OUT_HIGH_WATER {
+            if self.out.len() >= self.high_water {
                 break;
             }
             let s = broker.session_mut(key);

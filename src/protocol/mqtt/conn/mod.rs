@@ -47,6 +47,13 @@ pub fn max_frame(max_message_size: usize) -> usize {
 /// Stop pulling deliveries and reading input while this much output is unwritten.
 pub const OUT_HIGH_WATER: usize = 64 * 1024;
 
+/// The output high-water mark for a configuration: twice the largest packet, at least
+/// 16 KiB (enough to batch hundreds of small deliveries per write), at most
+/// `OUT_HIGH_WATER`. Small boards with small messages keep small output buffers.
+pub fn out_high_water(max_message_size: usize) -> usize {
+    (2 * max_frame(max_message_size)).clamp(16 * 1024, OUT_HIGH_WATER)
+}
+
 #[derive(Debug)]
 struct Attached {
     key: SessionKey,
@@ -68,6 +75,8 @@ pub struct Conn {
     partial_need: usize,
     out: Vec<u8>,
     max_frame: usize,
+    /// Stop pulling deliveries and reading input at this much unwritten output.
+    high_water: usize,
     connect_deadline: Instant,
     /// Keep-alive in seconds (0 = none).
     keep_alive: u16,
@@ -113,6 +122,7 @@ impl Conn {
             partial_need: 0,
             out: Vec::new(),
             max_frame: max_frame(max_message_size),
+            high_water: out_high_water(max_message_size),
             connect_deadline: now + read_timeout,
             keep_alive: 0,
             last_rx: now,
@@ -147,7 +157,7 @@ impl Conn {
 
     /// The driver reads more input only while output drains.
     pub fn wants_read(&self) -> bool {
-        self.closed.is_none() && self.out.len() < OUT_HIGH_WATER
+        self.closed.is_none() && self.out.len() < self.high_water
     }
 
     pub fn peer(&self) -> SocketAddr {
