@@ -27,6 +27,19 @@ fn msg(topic: &str, qos: QoS, retain: bool) -> Rc<Message> {
     Message::new(topic, &[], b"payload", qos, retain, None, None)
 }
 
+/// Limits with a tiny queue (`online` messages connected, `offline` offline), evict policy.
+fn small_queues(online: usize, offline: usize) -> Limits {
+    Limits {
+        queue: QueueLimits {
+            online_msgs: online,
+            offline_msgs: offline,
+            bytes: 1 << 20,
+            evict_offline: true,
+        },
+        ..Limits::default()
+    }
+}
+
 fn opts(qos: QoS) -> SubOpts {
     SubOpts {
         qos,
@@ -213,15 +226,7 @@ fn max_sessions_and_subscriptions_caps() {
 #[test]
 fn slow_consumer_is_disconnected_and_message_kept_offline() {
     let now = Instant::now();
-    let lim = Limits {
-        queue: QueueLimits {
-            online_msgs: 2,
-            offline_msgs: 10,
-            bytes: 1 << 20,
-            evict_offline: true,
-        },
-        ..Limits::default()
-    };
+    let lim = small_queues(2, 10);
     let mut b = broker(lim);
     let s = connect(&mut b, "slow", false, 60, now);
     b.subscribe(s.key, "t", opts(QoS::AtLeastOnce), 0, now)
@@ -243,15 +248,7 @@ fn slow_consumer_is_disconnected_and_message_kept_offline() {
 #[test]
 fn burst_over_the_cap_is_held_and_drained_slow_consumer_only_if_it_stays() {
     let t0 = Instant::now();
-    let lim = Limits {
-        queue: QueueLimits {
-            online_msgs: 2,
-            offline_msgs: 2,
-            bytes: 1 << 20,
-            evict_offline: true,
-        },
-        ..Limits::default()
-    };
+    let lim = small_queues(2, 2);
     let mut b = broker(lim);
     let s = connect(&mut b, "c", false, 60, t0);
     b.subscribe(s.key, "t", opts(QoS::AtLeastOnce), 0, t0)
@@ -294,16 +291,8 @@ fn retained_store_full_refuses_publish() {
 #[test]
 fn full_queue_without_disconnect_on_full_drops_and_keeps_the_connection() {
     let now = Instant::now();
-    let lim = Limits {
-        queue: QueueLimits {
-            online_msgs: 2,
-            offline_msgs: 10,
-            bytes: 1 << 20,
-            evict_offline: true,
-        },
-        disconnect_on_full: false,
-        ..Limits::default()
-    };
+    let mut lim = small_queues(2, 10);
+    lim.disconnect_on_full = false;
     let mut b = broker(lim);
     let s = connect(&mut b, "slow", false, 60, now);
     b.subscribe(s.key, "t", opts(QoS::AtLeastOnce), 0, now)
