@@ -26,6 +26,7 @@
 // Tests unwrap freely; product code may not (`unwrap_used` in Cargo.toml).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod broker;
 pub mod budget;
 pub mod clock;

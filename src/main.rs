@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         "fluxmq-edge {} starting ({origin})",
         env!("CARGO_PKG_VERSION")
     );
-    match server::run(cfg) {
+    match server::run(cfg, paths) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -75,6 +75,7 @@ reasons!(
         SessionsExpired => "sessions_expired_total",
         WillsPublished => "wills_published_total",
         Retransmissions => "retransmissions_total",
+        Reloads => "reloads_total",
     }
 );
 

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -63,11 +64,20 @@ impl Limits {
     }
 }
 
+/// What the embedding thread (or a signal) asks of a running broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    /// Shut down as on SIGTERM.
+    Stop,
+    /// Re-read the configuration files and apply what can change live, as on SIGHUP.
+    Reload,
+}
+
 /// A broker running on its own thread (tests, embedding). Dropping it stops the broker.
 pub struct Running {
     /// Bound address of every listener, by config key (`server.tcp.v3`, `server.health_addr`).
     pub addrs: BTreeMap<String, SocketAddr>,
-    stop: smol::channel::Sender<()>,
+    stop: smol::channel::Sender<Control>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
@@ -76,13 +86,20 @@ impl Running {
         self.addrs[key]
     }
 
+    /// Reload as on SIGHUP (re-read the configuration files given to [`spawn_from`], then
+    /// every reload hook). Returns once the request is queued; the reload itself runs on
+    /// the broker thread (wait for its effect, e.g. the `reloads` metric).
+    pub fn reload(&self) {
+        let _ = self.stop.try_send(Control::Reload);
+    }
+
     /// Shut down as on SIGTERM and wait for the thread.
     pub fn stop(mut self) -> Result<(), String> {
         self.shutdown()
     }
 
     fn shutdown(&mut self) -> Result<(), String> {
-        let _ = self.stop.try_send(());
+        let _ = self.stop.try_send(Control::Stop);
         match self.thread.take() {
             Some(t) => t.join().map_err(|_| "broker thread panicked".to_string())?,
             None => Ok(()),
@@ -96,13 +113,24 @@ impl Drop for Running {
     }
 }
 
-/// Start the broker on a new thread; returns once every listener is bound.
+/// Start the broker on a new thread; returns once every listener is bound. A reload
+/// re-applies `cfg` itself (certificates are still re-read from disk).
 pub fn spawn(cfg: Config) -> Result<Running, String> {
-    let (stop_tx, stop_rx) = smol::channel::bounded(1);
+    spawn_with(cfg, Vec::new())
+}
+
+/// Start the broker from configuration files (as the binary does); a reload re-reads them.
+pub fn spawn_from(paths: &[PathBuf]) -> Result<Running, String> {
+    let cfg = crate::config::load(paths).map_err(|e| e.to_string())?;
+    spawn_with(cfg, paths.to_vec())
+}
+
+fn spawn_with(cfg: Config, sources: Vec<PathBuf>) -> Result<Running, String> {
+    let (stop_tx, stop_rx) = smol::channel::bounded(4);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("fluxmq-edge".into())
-        .spawn(move || run_with(cfg, Some(stop_rx), ready_tx, false))
+        .spawn(move || run_with(cfg, sources, Some(stop_rx), ready_tx, false))
         .map_err(|e| e.to_string())?;
     match ready_rx.recv() {
         Ok(addrs) => Ok(Running {
@@ -118,34 +146,37 @@ pub fn spawn(cfg: Config) -> Result<Running, String> {
     }
 }
 
-/// Run on the current thread until SIGTERM/SIGINT (the binary's entry point).
-pub fn run(cfg: Config) -> Result<(), String> {
+/// Run on the current thread until SIGTERM/SIGINT (the binary's entry point); SIGHUP
+/// re-reads `sources` (the `--config` files; none = the embedded default) and reloads.
+pub fn run(cfg: Config, sources: Vec<PathBuf>) -> Result<(), String> {
     let (ready_tx, _ready_rx) = std::sync::mpsc::channel();
-    run_with(cfg, None, ready_tx, true)
+    run_with(cfg, sources, None, ready_tx, true)
 }
 
 fn run_with(
     cfg: Config,
-    stop: Option<smol::channel::Receiver<()>>,
+    sources: Vec<PathBuf>,
+    stop: Option<smol::channel::Receiver<Control>>,
     ready: std::sync::mpsc::Sender<BTreeMap<String, SocketAddr>>,
     signals: bool,
 ) -> Result<(), String> {
     let ex = Rc::new(LocalExecutor::new());
     // `smol::block_on` drives the async-io reactor on this thread while idle (the
     // futures-lite one would leave it to the helper thread: a wake-up hop per event).
-    smol::block_on(ex.run(serve(ex.clone(), cfg, stop, ready, signals)))
+    smol::block_on(ex.run(serve(ex.clone(), cfg, sources, stop, ready, signals)))
 }
 
 async fn serve(
     ex: Rc<LocalExecutor<'static>>,
     cfg: Config,
-    stop: Option<smol::channel::Receiver<()>>,
+    sources: Vec<PathBuf>,
+    stop: Option<smol::channel::Receiver<Control>>,
     ready: std::sync::mpsc::Sender<BTreeMap<String, SocketAddr>>,
     signals: bool,
 ) -> Result<(), String> {
     let metrics = Rc::new(Metrics::default());
     let broker = Broker::new(Limits::from_config(&cfg), metrics.clone());
-    let shared = Shared::new(broker, metrics);
+    let shared = Shared::new(broker, metrics, Rc::new(cfg.clone()));
     let mut addrs = BTreeMap::new();
     // Bind everything first, so that a bad address fails start-up before anything serves.
     let mut mqtt_listeners = Vec::new();
@@ -203,37 +234,52 @@ async fn serve(
     });
     let _ = ready.send(addrs);
 
-    // Wait for a stop request: a signal (binary) or the handle (embedded).
-    let by_signal = async {
-        if !signals {
-            return future::pending::<&'static str>().await;
-        }
-        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
-            Ok(mut s) => match s.next().await {
-                Some(Ok(async_signal::Signal::Int)) => "SIGINT",
-                _ => "SIGTERM",
-            },
+    // Serve until a stop request: a signal (binary) or the handle (embedded). SIGHUP and
+    // `Running::reload` reload in between.
+    let mut signals = if signals {
+        match async_signal::Signals::new([
+            async_signal::Signal::Term,
+            async_signal::Signal::Int,
+            async_signal::Signal::Hup,
+        ]) {
+            Ok(s) => Some(s),
             Err(e) => {
                 log::warn!("cannot install signal handlers: {e}");
-                future::pending().await
+                None
             }
         }
+    } else {
+        None
     };
-    let by_handle = async {
-        match &stop {
-            Some(rx) => {
-                let _ = rx.recv().await;
-                "stop request"
+    let why = loop {
+        let by_signal = async {
+            match signals.as_mut() {
+                Some(s) => match s.next().await {
+                    Some(Ok(async_signal::Signal::Hup)) => ("SIGHUP", Control::Reload),
+                    Some(Ok(async_signal::Signal::Int)) => ("SIGINT", Control::Stop),
+                    _ => ("SIGTERM", Control::Stop),
+                },
+                None => future::pending().await,
             }
-            None => future::pending().await,
+        };
+        let by_handle = async {
+            match &stop {
+                Some(rx) => match rx.recv().await {
+                    Ok(Control::Reload) => ("reload request", Control::Reload),
+                    Ok(Control::Stop) | Err(_) => ("stop request", Control::Stop),
+                },
+                None => future::pending().await,
+            }
+        };
+        match future::or(by_signal, by_handle).await {
+            (why, Control::Reload) => reload(&shared, &sources, why),
+            (why, Control::Stop) => break why,
         }
     };
-    let why = future::or(by_signal, by_handle).await;
     log::info!(
         "{why}: shutting down (at most {:?})",
         cfg.server.shutdown_timeout
     );
-
     shared.shutting_down.set(true);
     shared.shutdown.notify(usize::MAX);
     drop(housekeeping);
@@ -268,4 +314,26 @@ async fn serve(
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-read the configuration (the current one when it came from no file), then run
+/// every reload hook with it. A configuration that does not load changes nothing.
+fn reload(shared: &Shared, sources: &[PathBuf], why: &str) {
+    let cfg = if sources.is_empty() {
+        shared.config.borrow().clone()
+    } else {
+        match crate::config::load(sources) {
+            Ok(c) => Rc::new(c),
+            Err(e) => {
+                log::error!("{why}: configuration not reloaded, nothing changed: {e}");
+                return;
+            }
+        }
+    };
+    log::info!("{why}: reloading");
+    *shared.config.borrow_mut() = cfg.clone();
+    for hook in shared.reload_hooks.borrow().iter() {
+        hook(&cfg);
+    }
+    shared.metrics.add(crate::metrics::Counter::Reloads, 1);
 }

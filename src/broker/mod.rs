@@ -104,6 +104,9 @@ pub struct Connected {
 pub struct Broker {
     pub limits: Limits,
     pub metrics: Rc<Metrics>,
+    /// The auth provider and per-protocol switches, consulted by every protocol adapter
+    /// (disabled until `server` installs one).
+    pub auth: crate::auth::Auth,
     /// Boxed: the slab's growth then copies pointers, not sessions, and an idle session
     /// costs its own size rather than a share of a doubled array.
     sessions: Slab<Box<Session>>,
@@ -121,6 +124,7 @@ impl Broker {
         Broker {
             limits,
             metrics,
+            auth: crate::auth::Auth::disabled(),
             sessions: Slab::new(),
             by_client: HashMap::new(),
             router: Router::default(),

@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use crate::broker::Broker;
 use crate::broker::session::Signal;
+use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// What every listener task shares: the core, the metrics, the shared read buffer, and the
@@ -24,13 +25,22 @@ pub struct Shared {
     pub conns: RefCell<slab::Slab<Rc<Signal>>>,
     pub shutting_down: Cell<bool>,
     pub shutdown: event_listener::Event,
+    /// The configuration in force (replaced by a reload).
+    pub config: RefCell<Rc<Config>>,
+    /// Run on SIGHUP with the newly loaded configuration, in registration order: each
+    /// subsystem that can change live (TLS certificates, rate limits) registers one.
+    pub reload_hooks: RefCell<Vec<ReloadHook>>,
 }
+
+/// A subsystem's reaction to a reload; it logs (and keeps its old state) when what it
+/// re-reads is bad.
+pub type ReloadHook = Box<dyn Fn(&Config)>;
 
 /// Size of the shared read buffer: large enough to drain a busy socket in one syscall.
 pub const READ_BUF: usize = 64 * 1024;
 
 impl Shared {
-    pub fn new(broker: Broker, metrics: Rc<Metrics>) -> Rc<Shared> {
+    pub fn new(broker: Broker, metrics: Rc<Metrics>, config: Rc<Config>) -> Rc<Shared> {
         Rc::new(Shared {
             broker: RefCell::new(broker),
             metrics,
@@ -38,6 +48,8 @@ impl Shared {
             conns: RefCell::new(slab::Slab::new()),
             shutting_down: Cell::new(false),
             shutdown: event_listener::Event::new(),
+            config: RefCell::new(config),
+            reload_hooks: RefCell::new(Vec::new()),
         })
     }
 }
