@@ -20,10 +20,11 @@ use futures_lite::{AsyncRead, AsyncWrite, future};
 use smol::{Async, LocalExecutor, Timer};
 
 use super::Shared;
+use crate::auth::Pending;
 use crate::broker::session::Signal;
 use crate::clock;
 use crate::metrics::{CloseReason, Counter};
-use crate::protocol::mqtt::conn::{Accept, Conn};
+use crate::protocol::mqtt::conn::{Accept, Conn, Verdict};
 
 /// One MQTT listener slot, from configuration.
 #[derive(Debug, Clone)]
@@ -110,6 +111,8 @@ pub struct Connection<S> {
     stuck_since: Option<Instant>,
     /// The state machine is done and its output written: closing the transport.
     closing: bool,
+    /// An auth answer the state machine waits for (an RPC in flight), polled here.
+    wait: Option<Pending<Verdict>>,
 }
 
 impl<S> Connection<S> {
@@ -137,6 +140,7 @@ impl<S> Connection<S> {
             written: 0,
             stuck_since: None,
             closing: false,
+            wait: None,
         }
     }
 }
@@ -183,6 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             spec,
             written,
             stuck_since,
+            wait,
             ..
         } = self;
         let metrics = &shared.metrics;
@@ -240,7 +245,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                 }
                 conn.signal().register(cx.waker());
-                // 3. Input.
+                // 3. An auth answer: the waiting packet is handled again with it.
+                if let Some(w) = conn.take_wait() {
+                    *wait = Some(w);
+                }
+                if let Some(w) = wait.as_mut()
+                    && let Poll::Ready(v) = w.as_mut().poll(cx)
+                {
+                    *wait = None;
+                    conn.resume(v, &mut broker, now);
+                    continue;
+                }
+                // 4. Input.
                 if conn.wants_read() && reads < READS_PER_POLL {
                     let mut buf = shared.read_buf.borrow_mut();
                     match Pin::new(&mut *io).poll_read(cx, &mut buf) {
@@ -269,7 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     // Fairness: more input may be waiting; let other tasks run first.
                     cx.waker().wake_by_ref();
                 }
-                // 4. Time: the state machine's deadline, or the write timeout.
+                // 5. Time: the state machine's deadline, or the write timeout.
                 if conn.signal().deadline().is_some_and(|t| t <= now) {
                     conn.signal().set_deadline(None);
                     if conn.out().is_empty() && conn.out().capacity() > KEEP_OUT_CAPACITY {

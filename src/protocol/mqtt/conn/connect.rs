@@ -96,7 +96,9 @@ impl Conn {
                     broker,
                 );
             }
-            Some(assign_client_id(broker))
+            // The id assigned before an auth wait, so that the client keeps it.
+            let earlier = self.auth.as_mut().and_then(|a| a.assigned.take());
+            Some(earlier.unwrap_or_else(|| assign_client_id(broker)))
         } else {
             None
         };
@@ -149,6 +151,10 @@ impl Conn {
             (_, None) if !c.clean_start => lim.default_expiry,
             _ => 0,
         };
+        match self.connect_auth(&c, client_id, assigned.as_deref(), broker, now) {
+            auth::Gate::Pass => {}
+            auth::Gate::Wait | auth::Gate::Refused => return,
+        }
         let req = ConnectReq {
             client_id,
             clean_start: c.clean_start,

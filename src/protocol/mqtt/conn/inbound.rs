@@ -126,6 +126,11 @@ impl Conn {
                 );
             }
         }
+        match self.authorize(crate::auth::Action::Publish, topic, broker, now) {
+            None => return, // waiting: handled again with the answer
+            Some(true) => {}
+            Some(false) => return self.publish_denied(p.qos, pkid, topic, key, broker, now),
+        }
         if p.props.payload_format == Some(1) && std::str::from_utf8(p.payload).is_err() {
             // [MQTT-3.3.2-4] the server may refuse a payload that is not the UTF-8 it claims.
             return self.answer_publish(
@@ -157,6 +162,31 @@ impl Conn {
         );
         let result = broker.publish(msg, now);
         self.answer_publish(p.qos, pkid, result, key, broker, now);
+    }
+
+    /// A PUBLISH the provider did not allow (spec §2.5): 3.1.1 closes the connection; v5
+    /// answers 0x87 (QoS 1 PUBACK, QoS 2 PUBREC) or drops a QoS 0 message, and stays.
+    fn publish_denied(
+        &mut self,
+        qos: QoS,
+        pkid: Option<PacketId>,
+        topic: &str,
+        key: SessionKey,
+        broker: &mut Broker,
+        now: Instant,
+    ) {
+        broker
+            .metrics
+            .count_drop(DropReason::NotAuthorized, &self.client_id, topic, now);
+        if !self.v5() {
+            return self.fail(
+                ReasonCode::NotAuthorized,
+                "publish not authorized",
+                broker,
+                now,
+            );
+        }
+        self.answer_publish(qos, pkid, Err(ReasonCode::NotAuthorized), key, broker, now);
     }
 
     pub(super) fn answer_publish(
@@ -286,8 +316,31 @@ impl Conn {
                 now,
             );
         }
+        let allowed = if broker
+            .auth
+            .for_protocol(crate::auth::Protocol::Mqtt)
+            .is_some()
+        {
+            match self.authorize_filters(sub.filters().map(|(f, _)| f), broker, now) {
+                None => return, // waiting: handled again with the answers
+                some => some,
+            }
+        } else {
+            None
+        };
         let mut codes = Vec::new();
-        for (filter, o) in sub.filters() {
+        for (i, (filter, o)) in sub.filters().enumerate() {
+            if let Some(allowed) = &allowed
+                && !allowed.get(i).copied().unwrap_or(false)
+            {
+                log::info!(
+                    "client {:?}: subscription {filter:?} not authorized",
+                    self.client_id
+                );
+                broker.metrics.add(Counter::SubscribeRefused, 1);
+                codes.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let opts = SubOpts {
                 qos: o.qos,
                 no_local: o.no_local,

@@ -6,9 +6,12 @@
 //! partial-packet buffer); what outlives the connection (queues, in-flight window,
 //! subscriptions) is the session's, in the broker core.
 
+mod auth;
 mod connect;
 mod deliver;
 mod inbound;
+
+pub use auth::Verdict;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,6 +97,9 @@ pub struct Conn {
     closed: Option<CloseReason>,
     /// Publish the will when this connection ends (false after a normal DISCONNECT).
     will_on_close: bool,
+    /// Auth state, when the listener's clients are authenticated (boxed: connections
+    /// without auth pay one pointer).
+    auth: Option<Box<auth::AuthState>>,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +141,7 @@ impl Conn {
             pending_resends: 0,
             closed: None,
             will_on_close: true,
+            auth: None,
         }
     }
 
@@ -155,9 +162,10 @@ impl Conn {
         &self.signal
     }
 
-    /// The driver reads more input only while output drains.
+    /// The driver reads more input only while output drains, and not while a packet waits
+    /// for an auth answer.
     pub fn wants_read(&self) -> bool {
-        self.closed.is_none() && self.out.len() < self.high_water
+        self.closed.is_none() && self.out.len() < self.high_water && !self.is_waiting()
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -178,6 +186,12 @@ impl Conn {
             .metrics
             .add(Counter::BytesReceived, data.len() as u64);
         self.last_rx = now;
+        self.consume(data, broker, now);
+    }
+
+    /// Handle what is complete in the kept partial bytes followed by `data`; keep the rest
+    /// (an incomplete packet, or every packet from the one waiting for an auth answer on).
+    fn consume(&mut self, data: &[u8], broker: &mut Broker, now: Instant) {
         if self.partial.is_empty() {
             let used = self.handle_frames(data, broker, now);
             if self.closed.is_none() && used < data.len() {
@@ -233,7 +247,15 @@ impl Conn {
             let frame = &buf[pos..pos + len];
             pos += len;
             match codec::decode(frame, self.version) {
-                Ok(p) => self.handle_packet(p, broker, now),
+                Ok(p) => {
+                    self.handle_packet(p, broker, now);
+                    if self.is_waiting() {
+                        // The packet waits for an auth answer: keep it (and what follows)
+                        // unconsumed; `resume` handles it again with the answer.
+                        pos -= len;
+                        break;
+                    }
+                }
                 Err(e) => {
                     if self.version.is_none() {
                         self.refuse_bad_connect(frame, e, broker, now);
