@@ -79,9 +79,50 @@ reasons!(
     }
 );
 
+reasons!(
+    /// HTTP bridge answers, by status (spec §6.3): every refusal is counted here.
+    HttpStatus {
+        Ok => "200",
+        BadRequest => "400",
+        Unauthorized => "401",
+        Forbidden => "403",
+        NotFound => "404",
+        MethodNotAllowed => "405",
+        RequestTimeout => "408",
+        TooLarge => "413",
+        TooManyRequests => "429",
+        InternalError => "500",
+    }
+);
+
+reasons!(
+    /// CoAP bridge answers, by response code (spec §6.4), and the datagrams refused
+    /// without one.
+    CoapCode {
+        Changed => "2.04",
+        Content => "2.05",
+        Continue => "2.31",
+        BadRequest => "4.00",
+        Unauthorized => "4.01",
+        Forbidden => "4.03",
+        NotFound => "4.04",
+        MethodNotAllowed => "4.05",
+        RequestEntityIncomplete => "4.08",
+        TooLarge => "4.13",
+        TooManyRequests => "4.29",
+        InternalError => "5.00",
+        ServiceUnavailable => "5.03",
+        Reset => "rst",
+        Malformed => "malformed",
+        Duplicate => "duplicate",
+    }
+);
+
 const NDROP: usize = DropReason::ALL.len();
 const NCLOSE: usize = CloseReason::ALL.len();
 const NCOUNT: usize = Counter::ALL.len();
+const NHTTP: usize = HttpStatus::ALL.len();
+const NCOAP: usize = CoapCode::ALL.len();
 
 /// Point-in-time gauges, read from the core at render time.
 #[derive(Debug, Default, Clone, Copy)]
@@ -99,8 +140,12 @@ pub struct Metrics {
     counters: [Cell<u64>; NCOUNT],
     drops: [Cell<u64>; NDROP],
     closes: [Cell<u64>; NCLOSE],
+    http: [Cell<u64>; NHTTP],
+    coap: [Cell<u64>; NCOAP],
     /// Per drop reason: (count not yet logged, time of the last log line).
     drop_log: [(Cell<u64>, Cell<Option<Instant>>); NDROP],
+    /// Refused bridge requests (HTTP, CoAP): (count not yet logged, time of the last line).
+    refusal_log: (Cell<u64>, Cell<Option<Instant>>),
     pub connections: Cell<u64>,
 }
 
@@ -110,7 +155,10 @@ impl Default for Metrics {
             counters: std::array::from_fn(|_| Cell::new(0)),
             drops: std::array::from_fn(|_| Cell::new(0)),
             closes: std::array::from_fn(|_| Cell::new(0)),
+            http: std::array::from_fn(|_| Cell::new(0)),
+            coap: std::array::from_fn(|_| Cell::new(0)),
             drop_log: std::array::from_fn(|_| (Cell::new(0), Cell::new(None))),
+            refusal_log: (Cell::new(0), Cell::new(None)),
             connections: Cell::new(0),
         }
     }
@@ -160,6 +208,44 @@ impl Metrics {
 
     pub fn closes(&self, reason: CloseReason) -> u64 {
         self.closes[reason as usize].get()
+    }
+
+    /// Count an HTTP bridge answer.
+    pub fn http(&self, status: HttpStatus) {
+        let cell = &self.http[status as usize];
+        cell.set(cell.get() + 1);
+    }
+
+    pub fn http_count(&self, status: HttpStatus) -> u64 {
+        self.http[status as usize].get()
+    }
+
+    /// Log a refused bridge request (HTTP, CoAP), rate-limited to one line per second
+    /// carrying the count; the refusal itself is counted by `http` / `coap`.
+    pub fn refusal(&self, listener: &str, why: &str, peer: &dyn std::fmt::Display, now: Instant) {
+        let (pending, last) = &self.refusal_log;
+        pending.set(pending.get() + 1);
+        if last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+        {
+            log::info!(
+                "{listener}: refused {} request(s) (latest from {peer}: {why})",
+                pending.get()
+            );
+            pending.set(0);
+            last.set(Some(now));
+        }
+    }
+
+    /// Count a CoAP bridge answer (or a datagram refused without one).
+    pub fn coap(&self, code: CoapCode) {
+        let cell = &self.coap[code as usize];
+        cell.set(cell.get() + 1);
+    }
+
+    pub fn coap_count(&self, code: CoapCode) -> u64 {
+        self.coap[code as usize].get()
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -241,6 +327,29 @@ impl Metrics {
                 "fluxmq_edge_connections_closed_total{{reason=\"{}\"}} {}",
                 c.label(),
                 self.closes(c)
+            );
+        }
+        s.push_str("# HELP fluxmq_edge_http_responses_total HTTP bridge answers, by status.\n");
+        s.push_str("# TYPE fluxmq_edge_http_responses_total counter\n");
+        for &h in HttpStatus::ALL {
+            let _ = writeln!(
+                s,
+                "fluxmq_edge_http_responses_total{{status=\"{}\"}} {}",
+                h.label(),
+                self.http_count(h)
+            );
+        }
+        s.push_str(
+            "# HELP fluxmq_edge_coap_responses_total CoAP bridge answers by code; rst, \
+             malformed and duplicate datagrams.\n",
+        );
+        s.push_str("# TYPE fluxmq_edge_coap_responses_total counter\n");
+        for &c in CoapCode::ALL {
+            let _ = writeln!(
+                s,
+                "fluxmq_edge_coap_responses_total{{code=\"{}\"}} {}",
+                c.label(),
+                self.coap_count(c)
             );
         }
         s

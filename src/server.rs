@@ -16,7 +16,7 @@ use crate::broker::session::QueueLimits;
 use crate::broker::{Broker, Limits};
 use crate::clock;
 use crate::config::{Config, OfflineQueuePolicy};
-use crate::listener::{self, Shared, mqtt};
+use crate::listener::{self, Shared, http, mqtt};
 use crate::metrics::Metrics;
 use crate::protocol::mqtt::QoS;
 use crate::protocol::mqtt::ReasonCode;
@@ -204,6 +204,26 @@ async fn serve(
         };
         mqtt_listeners.push((l, Rc::new(spec)));
     }
+    let mut http_listeners = Vec::new();
+    for (name, slot) in [("server.http.plain", &cfg.server.http.plain)] {
+        if slot.addr.is_empty() {
+            continue;
+        }
+        let l = mqtt::bind(name, &slot.addr)?;
+        let local = l
+            .get_ref()
+            .local_addr()
+            .map_err(|e| format!("{name}.addr: {e}"))?;
+        log::info!("{name}: HTTP publish bridge on http://{local}");
+        addrs.insert(name.to_string(), local);
+        let spec = http::Spec {
+            name: name.to_string(),
+            max_connections: slot.max_connections as usize,
+            read_timeout: slot.read_timeout,
+            active: Default::default(),
+        };
+        http_listeners.push((l, Rc::new(spec)));
+    }
     let health = if cfg.server.health_enabled && !cfg.server.health_addr.is_empty() {
         let l = mqtt::bind("server.health_addr", &cfg.server.health_addr)?;
         let local = l
@@ -219,6 +239,9 @@ async fn serve(
     let mut tasks = Vec::new();
     for (l, spec) in mqtt_listeners {
         tasks.push(ex.spawn(mqtt::accept_loop(ex.clone(), shared.clone(), l, spec)));
+    }
+    for (l, spec) in http_listeners {
+        tasks.push(ex.spawn(http::accept_loop(ex.clone(), shared.clone(), l, spec)));
     }
     if let Some(l) = health {
         tasks.push(ex.spawn(listener::health::serve(ex.clone(), shared.clone(), l)));

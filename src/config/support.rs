@@ -10,7 +10,7 @@ use super::sections::{AuthProvider, StorageType};
 use super::{Atom, Auth, ConfigError, Storage};
 
 /// Listener slots this build serves. Add a slot when its listener lands.
-const BUILT_SLOTS: &[&str] = &["server.tcp.v3", "server.tcp.v5"];
+const BUILT_SLOTS: &[&str] = &["server.tcp.v3", "server.tcp.v5", "server.http.plain"];
 
 /// A feature the configuration can ask for that this build does not have.
 struct NotBuilt {
@@ -248,12 +248,12 @@ fn inapplicable_fields(slot: &SlotInfo, l: &Listener) -> Vec<&'static str> {
         (
             "max_connections",
             l.max_connections != d.max_connections,
-            f != Http && f != Coap,
+            f != Coap,
         ),
         (
             "read_timeout",
             l.read_timeout != d.read_timeout,
-            matches!(f, MqttTcp | MqttWebSocket),
+            matches!(f, MqttTcp | MqttWebSocket | Http),
         ),
         (
             "write_timeout",
@@ -368,12 +368,8 @@ mod tests {
                 "server.websocket.mtls.addr: ",
             ),
             (
-                |c| c.server.http.plain.addr = ":8080".into(),
-                "server.http.plain.addr: the HTTP publish bridge",
-            ),
-            (
                 |c| c.server.http.tls.addr = ":8443".into(),
-                "server.http.tls.addr: ",
+                "server.http.tls.addr: the HTTP publish bridge",
             ),
             (
                 |c| c.server.coap.plain.addr = ":5683".into(),

@@ -3,6 +3,7 @@
 //! endpoint. This is the only layer (with `main`) that awaits.
 
 pub mod health;
+pub mod http;
 pub mod mqtt;
 
 use std::cell::{Cell, RefCell};

@@ -2,4 +2,6 @@
 //! plus a connection state machine that talks to the broker core. Nothing here touches a
 //! socket: the drivers in `listener/` own the I/O.
 
+pub mod http;
 pub mod mqtt;
+pub mod origin;

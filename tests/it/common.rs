@@ -47,6 +47,11 @@ pub fn start_yaml(yaml: &str) -> Broker {
 }
 
 impl Broker {
+    /// Bound address of a listener by config key (`server.http.plain`, `server.coap.plain`).
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        self.running.as_ref().expect("broker running").addr(key)
+    }
+
     /// Shut down as on SIGTERM and wait for the broker thread.
     pub fn stop(mut self) {
         if let Some(r) = self.running.take() {

@@ -11,6 +11,7 @@ mod common;
 mod caps;
 mod connect;
 mod health;
+mod http;
 mod malformed;
 mod process;
 mod publish;

@@ -1,0 +1,300 @@
+//! The HTTP publish bridge listener (`server.http.*`): accept loop with the connection cap,
+//! one hyper HTTP/1.1 connection per client on the executor, and the await points of a
+//! request: reading the body (bounded by size and `read_timeout`), authentication and
+//! authorization (`auth::Provider`), then one publish into the core. What a request means
+//! is decided by the sans-IO `protocol::http`.
+//!
+//! Bounds: `max_connections` per listener; request headers at most [`MAX_HEADER_BYTES`]
+//! and 100 fields (hyper's default count; 431 above either); the body at most what
+//! `broker.max_message_size` allows (413, refused from `Content-Length` before reading);
+//! `read_timeout` for the request head, which also bounds how long an idle keep-alive
+//! connection is kept (hyper starts the head timer as soon as it waits for the next
+//! request), and again for the body (408).
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite, future};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response};
+use smol::{Async, LocalExecutor, Timer};
+use smol_hyper::rt::{FuturesIo, SmolTimer};
+
+use super::Shared;
+use crate::auth::{Answer, Authn, Credentials, Protocol, Secret};
+use crate::broker::message::Message;
+use crate::clock;
+use crate::metrics::{CloseReason, Counter, HttpStatus};
+use crate::protocol::http::{self, Refused, Route};
+use crate::protocol::origin;
+
+/// Request head (start line and header fields) cap.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// One HTTP listener slot, from configuration.
+#[derive(Debug)]
+pub struct Spec {
+    /// Config key of the slot, for logs (e.g. `server.http.plain`).
+    pub name: String,
+    /// 0 = unlimited.
+    pub max_connections: usize,
+    pub read_timeout: Duration,
+    pub active: Cell<usize>,
+}
+
+pub async fn accept_loop(
+    ex: Rc<LocalExecutor<'static>>,
+    shared: Rc<Shared>,
+    listener: Async<TcpListener>,
+    spec: Rc<Spec>,
+) {
+    loop {
+        let stop = shared.shutdown.listen();
+        if shared.shutting_down.get() {
+            break;
+        }
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        let (stream, peer) = match accepted {
+            None => break,
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                log::warn!("{}: accept failed: {e}", spec.name);
+                Timer::after(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if spec.max_connections > 0 && spec.active.get() >= spec.max_connections {
+            shared.metrics.closed(CloseReason::ListenerFull);
+            log::warn!(
+                "{}: connection from {peer} refused: max_connections ({}) reached",
+                spec.name,
+                spec.max_connections
+            );
+            continue;
+        }
+        let _ = stream.get_ref().set_nodelay(true);
+        shared.metrics.add(Counter::ConnectionsAccepted, 1);
+        ex.spawn(serve_conn(stream, peer, shared.clone(), spec.clone()))
+            .detach();
+    }
+    log::debug!("{}: accept loop stopped", spec.name);
+}
+
+/// Serve one connection (plain or TLS) until it closes, its idle timeout passes, or the
+/// server shuts down (then the request in progress is finished first).
+pub async fn serve_conn<S>(io: S, peer: SocketAddr, shared: Rc<Shared>, spec: Rc<Spec>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    spec.active.set(spec.active.get() + 1);
+    let _slot = Slot(spec.clone());
+    let svc = {
+        let (shared, spec) = (shared.clone(), spec.clone());
+        hyper::service::service_fn(move |req| {
+            let (shared, spec) = (shared.clone(), spec.clone());
+            async move { Ok::<_, Infallible>(handle(&shared, &spec, peer, req).await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(SmolTimer::new())
+        .header_read_timeout(spec.read_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_HEADER_BYTES + 8 * 1024)
+        .keep_alive(true)
+        .serve_connection(FuturesIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    let stop = shared.shutdown.listen();
+    let result = if shared.shutting_down.get() {
+        Ok(())
+    } else {
+        let served = future::or(async { Some(conn.as_mut().await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        match served {
+            Some(r) => r,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                future::or(conn.as_mut(), async {
+                    Timer::after(spec.read_timeout).await;
+                    Ok(())
+                })
+                .await
+            }
+        }
+    };
+    if let Err(e) = result {
+        log::debug!("{}: connection from {peer}: {e}", spec.name);
+    }
+}
+
+/// Frees the connection's place under `max_connections`, however the task ends.
+struct Slot(Rc<Spec>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    spec: &Spec,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    match publish(shared, spec, peer, req).await {
+        Ok(route) => {
+            shared.metrics.http(HttpStatus::Ok);
+            let body = if route == Route::Health {
+                r#"{"status":"healthy"}"#
+            } else {
+                r#"{"status":"ok"}"#
+            };
+            reply(hyper::StatusCode::OK, "application/json", body)
+        }
+        Err(refused) => {
+            shared.metrics.http(refused.metric());
+            shared
+                .metrics
+                .refusal(spec.name.as_str(), refused.body(), &peer, clock::now());
+            reply(
+                refused.status(),
+                "text/plain; charset=utf-8",
+                refused.body(),
+            )
+        }
+    }
+}
+
+async fn publish(
+    shared: &Shared,
+    spec: &Spec,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Route, Refused> {
+    let route = http::route(req.method(), req.uri().path())?;
+    if route == Route::Health {
+        return Ok(route);
+    }
+    let max = shared.broker.borrow().limits.max_message_size;
+    let limit = http::body_limit(&route, max);
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Refused::TooLarge);
+    }
+    let (parts, body) = req.into_parts();
+    let read = async {
+        match Limited::new(body, limit).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refused::TooLarge),
+            Err(_) => Err(Refused::BadJson),
+        }
+    };
+    let body = future::or(read, async {
+        Timer::after(spec.read_timeout).await;
+        Err(Refused::Timeout)
+    })
+    .await?;
+    shared
+        .metrics
+        .add(Counter::BytesReceived, body.len() as u64);
+    let p = match route.clone() {
+        Route::Json => http::parse_json(&body, max)?,
+        Route::Raw(topic) => http::parse_raw(topic, parts.uri.query(), body.to_vec(), max)?,
+        Route::Health => return Ok(route),
+    };
+    let who = http::identity(&parts.headers, peer, &p.topic);
+    let provider = shared
+        .broker
+        .borrow()
+        .auth
+        .for_protocol(Protocol::Http)
+        .cloned();
+    let mut external_id = None;
+    if let Some(provider) = provider {
+        if who.token.is_empty() || who.username.is_empty() {
+            return Err(Refused::Unauthorized);
+        }
+        let creds = Credentials {
+            client_id: who.client_id.clone(),
+            username: who.username.clone(),
+            secret: Secret::Token(who.token.clone()),
+            cert: None,
+        };
+        let authn = match provider.authenticate(Protocol::Http, creds, clock::now()) {
+            Answer::Now(a) => a,
+            Answer::Later(f) => f.await,
+        };
+        let subject = match authn {
+            Authn::Allowed(id) => id,
+            Authn::Denied => return Err(Refused::Unauthorized),
+            Authn::Failed(why) => {
+                log::warn!("{}: authentication of {peer} failed: {why}", spec.name);
+                return Err(Refused::Unauthorized);
+            }
+        };
+        let allowed = match provider.authorize(
+            Protocol::Http,
+            &subject,
+            crate::auth::Action::Publish,
+            &p.topic,
+            clock::now(),
+        ) {
+            Answer::Now(b) => b,
+            Answer::Later(f) => f.await,
+        };
+        if !allowed {
+            return Err(Refused::Forbidden);
+        }
+        external_id = Some(subject);
+    }
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty());
+    let props = origin::message_props("http", &who.client_id, external_id.as_deref(), content_type);
+    let now = clock::now();
+    let mut broker = shared.broker.borrow_mut();
+    let qos = p.qos.min(broker.limits.max_qos);
+    let msg = Message::new(&p.topic, &props, &p.payload, qos, p.retain, None, None);
+    match broker.publish(msg, now) {
+        Ok(_) => Ok(route),
+        Err(code) => {
+            log::warn!(
+                "{}: publish from {peer} to {:?} refused by the core: {code:?}",
+                spec.name,
+                p.topic
+            );
+            Err(Refused::PublishFailed)
+        }
+    }
+}
+
+fn reply(
+    status: hyper::StatusCode,
+    content_type: &'static str,
+    body: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
