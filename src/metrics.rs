@@ -60,6 +60,8 @@ reasons!(
         SlowConsumer => "slow_consumer",
         ServerShutdown => "server_shutdown",
         ListenerFull => "listener_full",
+        TlsHandshakeTimeout => "tls_handshake_timeout",
+        TlsHandshakeFailed => "tls_handshake_failed",
     }
 );
 
@@ -76,6 +78,8 @@ reasons!(
         WillsPublished => "wills_published_total",
         Retransmissions => "retransmissions_total",
         Reloads => "reloads_total",
+        TlsReloads => "tls_reloads_total",
+        TlsReloadFailures => "tls_reload_failures_total",
     }
 );
 

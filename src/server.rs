@@ -16,7 +16,7 @@ use crate::broker::session::QueueLimits;
 use crate::broker::{Broker, Limits};
 use crate::clock;
 use crate::config::{Config, OfflineQueuePolicy};
-use crate::listener::{self, Shared, http, mqtt};
+use crate::listener::{self, Shared, http, mqtt, tls};
 use crate::metrics::Metrics;
 use crate::protocol::mqtt::QoS;
 use crate::protocol::mqtt::ReasonCode;
@@ -180,19 +180,39 @@ async fn serve(
     let mut addrs = BTreeMap::new();
     // Bind everything first, so that a bad address fails start-up before anything serves.
     let mut mqtt_listeners = Vec::new();
-    for (name, slot, accept) in [
-        ("server.tcp.v3", &cfg.server.tcp.v3, Accept::V3),
-        ("server.tcp.v5", &cfg.server.tcp.v5, Accept::V5),
+    let tcp = &cfg.server.tcp;
+    for (name, slot, secure) in [
+        ("server.tcp.v3", &tcp.v3, false),
+        ("server.tcp.v5", &tcp.v5, false),
+        ("server.tcp.tls", &tcp.tls, true),
+        ("server.tcp.mtls", &tcp.mtls, true),
     ] {
         if slot.addr.is_empty() {
             continue;
         }
+        // `protocol` is normalised when loaded: v3, v5 or auto (the tls/mtls default).
+        let accept = match slot.protocol.as_str() {
+            "v3" => Accept::V3,
+            "v5" => Accept::V5,
+            _ => Accept::Auto,
+        };
+        let tls = if secure {
+            let acceptor = tls::Acceptor::new(name, slot, shared.metrics.clone())?;
+            acceptor.register_reload(&shared, &ex);
+            Some(acceptor)
+        } else {
+            None
+        };
         let l = mqtt::bind(name, &slot.addr)?;
         let local = l
             .get_ref()
             .local_addr()
             .map_err(|e| format!("{name}.addr: {e}"))?;
-        log::info!("{name}: MQTT listening on {local}");
+        log::info!(
+            "{name}: MQTT{} listening on {local} (protocol {})",
+            if secure { " over TLS" } else { "" },
+            slot.protocol
+        );
         addrs.insert(name.to_string(), local);
         let spec = mqtt::Spec {
             name: name.to_string(),
@@ -201,6 +221,8 @@ async fn serve(
             read_timeout: slot.read_timeout,
             write_timeout: slot.write_timeout,
             active: Default::default(),
+            tls,
+            use_identity_as_username: slot.use_identity_as_username,
         };
         mqtt_listeners.push((l, Rc::new(spec)));
     }

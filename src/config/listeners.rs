@@ -173,6 +173,15 @@ fn check_listener(slot: &SlotInfo, l: &Listener) -> Result<(), Problem> {
                 );
             }
         }
+        if mode.verifies() && l.ca_file.is_empty() {
+            return fail(
+                at("ca_file"),
+                format!(
+                    "required for client_auth {}: the CA that verifies client certificates",
+                    l.client_auth.trim()
+                ),
+            );
+        }
         if l.use_identity_as_username && !mode.verifies() {
             return fail(
                 at("use_identity_as_username"),
@@ -280,6 +289,8 @@ server.tcp.tls.client_auth | "sometimes" | server: { tcp: { tls: { client_auth: 
 server.tcp.tls.min_version | requires TLS 1.2 | server: { tcp: { tls: { min_version: tls1.1 } } }
 server.tcp.tls.cipher_suites | not configurable | server: { tcp: { tls: { cipher_suites: [TLS_AES_128_GCM_SHA256] } } }
 server.tcp.tls.cipher_suites | TLS_RSA_WITH_RC4_128_SHA | server: { tcp: { tls: { cipher_suites: [TLS_RSA_WITH_RC4_128_SHA] } } }
+server.tcp.tls.ca_file | required for client_auth require | server: { tcp: { tls: { client_auth: require } } }
+server.tcp.tls.ca_file | required for client_auth verify_if_given | server: { tcp: { tls: { client_auth: verify_if_given } } }
 server.tcp.tls.use_identity_as_username | verified client | server: { tcp: { tls: { use_identity_as_username: true } } }
 server.tcp.mtls.use_identity_as_username | verified | server: { tcp: { mtls: { ca_file: ca, client_auth: require_any, use_identity_as_username: true } } }
 server.tcp.tls.ocsp.responder_url | http:// | server: { tcp: { tls: { ocsp: { responder_url: ocsp.example } } } }

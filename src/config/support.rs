@@ -10,7 +10,13 @@ use super::sections::{AuthProvider, StorageType};
 use super::{Atom, Auth, ConfigError, Storage};
 
 /// Listener slots this build serves. Add a slot when its listener lands.
-const BUILT_SLOTS: &[&str] = &["server.tcp.v3", "server.tcp.v5", "server.http.plain"];
+const BUILT_SLOTS: &[&str] = &[
+    "server.tcp.v3",
+    "server.tcp.v5",
+    "server.tcp.tls",
+    "server.tcp.mtls",
+    "server.http.plain",
+];
 
 /// A feature the configuration can ask for that this build does not have.
 struct NotBuilt {
@@ -351,14 +357,6 @@ mod tests {
     fn unbuilt_features_are_refused_by_key() {
         type Edit = fn(&mut Config);
         let cases: &[(Edit, &str)] = &[
-            (
-                |c| c.server.tcp.tls.addr = ":8883".into(),
-                "server.tcp.tls.addr: MQTT over TLS is not built yet",
-            ),
-            (
-                |c| c.server.tcp.mtls.addr = ":8884".into(),
-                "server.tcp.mtls.addr: MQTT over mutual TLS is not built yet",
-            ),
             (
                 |c| c.server.websocket.v3.addr = ":8083".into(),
                 "server.websocket.v3.addr: MQTT over WebSocket",

@@ -5,6 +5,7 @@
 pub mod health;
 pub mod http;
 pub mod mqtt;
+pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite, future};
 use smol::{Async, LocalExecutor, Timer};
 
-use super::Shared;
+use super::{Shared, tls};
 use crate::auth::Pending;
 use crate::broker::session::Signal;
 use crate::clock;
@@ -27,7 +27,7 @@ use crate::metrics::{CloseReason, Counter};
 use crate::protocol::mqtt::conn::{Accept, Conn, Verdict};
 
 /// One MQTT listener slot, from configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Spec {
     /// Config key of the slot, for logs (e.g. `server.tcp.v3`).
     pub name: String,
@@ -35,8 +35,12 @@ pub struct Spec {
     pub max_connections: usize,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
-    /// Open connections on this listener (for `max_connections`).
+    /// Open connections on this listener (for `max_connections`), TLS handshakes included.
     pub active: Cell<usize>,
+    /// TLS slots: the handshake layer (shared with reload).
+    pub tls: Option<Rc<tls::Acceptor>>,
+    /// The verified certificate's CN becomes the username when CONNECT has none.
+    pub use_identity_as_username: bool,
 }
 
 /// Output capacity an idle connection keeps; a larger buffer is freed once the connection
@@ -83,10 +87,67 @@ pub async fn accept_loop(
             log::debug!("{}: TCP_NODELAY on {peer}: {e}", spec.name);
         }
         shared.metrics.add(Counter::ConnectionsAccepted, 1);
-        ex.spawn(Connection::new(stream, peer, shared.clone(), spec.clone()))
-            .detach();
+        match &spec.tls {
+            None => ex
+                .spawn(Connection::new(
+                    stream,
+                    peer,
+                    shared.clone(),
+                    spec.clone(),
+                    clock::now(),
+                ))
+                .detach(),
+            // The handshake runs in the connection's own task: a slow peer delays no accept.
+            // Counted against max_connections from now, while it handshakes.
+            Some(acceptor) => ex
+                .spawn(serve_tls(
+                    acceptor.clone(),
+                    stream,
+                    peer,
+                    shared.clone(),
+                    Handshaking::new(spec.clone()),
+                ))
+                .detach(),
+        }
     }
     log::debug!("{}: accept loop stopped", spec.name);
+}
+
+/// A TLS connection: the handshake (within `read_timeout`, counted in `max_connections`),
+/// then the same driver as plain TCP over the TLS stream, with the client certificate's
+/// identity attached. `read_timeout` covers handshake and CONNECT together.
+async fn serve_tls(
+    acceptor: Rc<tls::Acceptor>,
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    shared: Rc<Shared>,
+    handshaking: Handshaking,
+) {
+    let started = clock::now();
+    let spec = handshaking.0.clone();
+    let Ok((stream, identity)) = acceptor.accept(stream, peer, spec.read_timeout).await else {
+        return; // counted and logged by the acceptor; dropping the socket closes it
+    };
+    drop(handshaking); // the connection counts itself from here on
+    let mut conn = Connection::new(stream, peer, shared, spec.clone(), started);
+    conn.conn.set_cert(identity, spec.use_identity_as_username);
+    conn.await
+}
+
+/// Counts a connection still in its TLS handshake against the listener's `max_connections`.
+struct Handshaking(Rc<Spec>);
+
+impl Handshaking {
+    fn new(spec: Rc<Spec>) -> Handshaking {
+        spec.active.set(spec.active.get() + 1);
+        Handshaking(spec)
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
 }
 
 /// Reads handled per poll before the driver yields to other tasks (fairness: one busy
@@ -116,7 +177,15 @@ pub struct Connection<S> {
 }
 
 impl<S> Connection<S> {
-    pub fn new(io: S, peer: SocketAddr, shared: Rc<Shared>, spec: Rc<Spec>) -> Self {
+    /// `accepted`: when the socket was accepted; `read_timeout` (the CONNECT deadline)
+    /// counts from then, so that a TLS handshake uses up part of it.
+    pub fn new(
+        io: S,
+        peer: SocketAddr,
+        shared: Rc<Shared>,
+        spec: Rc<Spec>,
+        accepted: Instant,
+    ) -> Self {
         let metrics = &shared.metrics;
         metrics.connections.set(metrics.connections.get() + 1);
         spec.active.set(spec.active.get() + 1);
@@ -129,7 +198,7 @@ impl<S> Connection<S> {
             signal,
             spec.read_timeout,
             max_msg,
-            clock::now(),
+            accepted,
         );
         Connection {
             io,

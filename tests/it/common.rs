@@ -772,9 +772,26 @@ pub enum Recv {
     Timeout,
 }
 
+/// The byte stream under a [`Raw`] client: TCP, or TLS over TCP (tests/it/tls.rs).
+pub trait Transport: Read + Write + Send {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()>;
+    /// Drop the underlying TCP connection (no TLS close_notify, no DISCONNECT).
+    fn shutdown(&self);
+}
+
+impl Transport for TcpStream {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, d)
+    }
+
+    fn shutdown(&self) {
+        let _ = TcpStream::shutdown(self, Shutdown::Both);
+    }
+}
+
 /// A raw MQTT client: bytes in, frames out.
 pub struct Raw {
-    pub s: TcpStream,
+    s: Box<dyn Transport>,
     buf: Vec<u8>,
     pub v5: bool,
     next_id: u16,
@@ -785,6 +802,11 @@ impl Raw {
     pub fn tcp(addr: SocketAddr) -> Raw {
         let s = TcpStream::connect(addr).expect("connect to the broker");
         s.set_nodelay(true).unwrap();
+        Raw::over(Box::new(s))
+    }
+
+    /// A client over an established transport, nothing sent.
+    pub fn over(s: Box<dyn Transport>) -> Raw {
         Raw {
             s,
             buf: Vec::new(),
@@ -1058,7 +1080,7 @@ impl Raw {
 
     /// Drop the TCP connection without DISCONNECT (abnormal close).
     pub fn drop_connection(self) {
-        let _ = self.s.shutdown(Shutdown::Both);
+        self.s.shutdown();
     }
 }
 

@@ -18,5 +18,6 @@ mod publish;
 mod retain;
 mod session;
 mod subscribe;
+mod tls;
 mod v5_features;
 mod will;

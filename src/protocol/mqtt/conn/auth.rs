@@ -217,11 +217,17 @@ impl Conn {
             None | Some([]) => Secret::None,
             Some(p) => Secret::Password(std::str::from_utf8(p).ok()?.to_string()),
         };
+        // The username: the CONNECT's, else (use_identity_as_username) the verified
+        // certificate's CN, as set by `handle_connect` in `self.username`.
+        let username = match c.username {
+            Some(u) => u,
+            None => self.username.as_deref().unwrap_or_default(),
+        };
         Some(Credentials {
             client_id: client_id.to_string(),
-            username: c.username.unwrap_or_default().trim().to_string(),
+            username: username.trim().to_string(),
             secret,
-            cert: None,
+            cert: self.cert.clone(),
         })
     }
 
@@ -345,6 +351,8 @@ mod tests {
         authn: RefCell<VecDeque<Option<Authn>>>,
         authz: RefCell<VecDeque<Option<bool>>>,
         asked: RefCell<Vec<String>>,
+        /// The certificate identity of each authentication request.
+        certs: RefCell<Vec<Option<Rc<crate::auth::CertIdentity>>>>,
     }
 
     impl Provider for Scripted {
@@ -355,6 +363,7 @@ mod tests {
             self.asked
                 .borrow_mut()
                 .push(format!("authn {} {}", c.client_id, c.username));
+            self.certs.borrow_mut().push(c.cert.clone());
             match self.authn.borrow_mut().pop_front().flatten() {
                 Some(a) => Answer::Now(a),
                 None => Answer::Later(Box::pin(std::future::pending())),
@@ -507,6 +516,42 @@ mod tests {
         t.send(&[c]);
         assert_eq!(t.out(), ["CONNACK Success"]);
         t
+    }
+
+    /// The verified client certificate reaches the provider; with
+    /// `use_identity_as_username` its CN is the username of a CONNECT without one, and a
+    /// CONNECT's own username wins.
+    #[test]
+    fn certificate_identity_and_username_reach_the_provider() {
+        let id = Rc::new(crate::auth::CertIdentity {
+            fingerprint_sha256: "ab".repeat(32),
+            serial: "1234".into(),
+            subject_cn: Some("device-1".into()),
+        });
+        for (as_username, sent, want) in [
+            (true, None, "device-1"),
+            (true, Some("alice"), "alice"),
+            (false, None, ""),
+        ] {
+            let mut t = setup(Version::V5);
+            t.conn.set_cert(Some(id.clone()), as_username);
+            t.p.authn
+                .borrow_mut()
+                .push_back(Some(Authn::Allowed("ext-1".into())));
+            let mut c = connect("c1");
+            if let Packet::Connect(c) = &mut c {
+                c.username = sent;
+            }
+            t.send(&[c]);
+            assert_eq!(t.out(), ["CONNACK Success"]);
+            assert_eq!(*t.p.asked.borrow(), [format!("authn c1 {want}")]);
+            assert_eq!(*t.p.certs.borrow(), [Some(id.clone())]);
+            assert_eq!(
+                t.conn.username().map(|u| &**u),
+                sent.or(as_username.then_some("device-1"))
+            );
+            assert_eq!(t.conn.cert(), Some(&id));
+        }
     }
 
     #[test]

@@ -85,6 +85,15 @@ impl Conn {
                 broker,
             );
         }
+        self.username = match c.username {
+            Some(u) => Some(Rc::from(u)),
+            None if self.identity_as_username => self
+                .cert
+                .as_ref()
+                .and_then(|id| id.subject_cn.as_deref())
+                .map(Rc::from),
+            None => None,
+        };
         // Client identifier: empty ones get an assigned id, except 3.1.1 with
         // clean session 0 [MQTT-3.1.3-7/8].
         let assigned: Option<String> = if c.client_id.is_empty() {
@@ -210,10 +219,13 @@ impl Conn {
         });
         codec::encode(&ack, v, &mut self.out);
         log::debug!(
-            "client {:?} connected from {} ({v:?}, keep-alive {ka}s, session present {})",
+            "client {:?} connected from {} ({v:?}, keep-alive {ka}s, session present {}, \
+             username {:?}{})",
             self.client_id,
             self.peer,
-            connected.session_present
+            connected.session_present,
+            self.username.as_deref().unwrap_or(""),
+            CertShown(self.cert.as_deref()),
         );
         self.session = Some(Attached {
             key: connected.key,
@@ -328,5 +340,23 @@ pub(super) fn assign_client_id(broker: &Broker) -> String {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
+    }
+}
+
+/// The client certificate in a log line: `, cert CN "x" serial s sha256 f`, or nothing.
+struct CertShown<'a>(Option<&'a CertIdentity>);
+
+impl std::fmt::Display for CertShown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => Ok(()),
+            Some(id) => write!(
+                f,
+                ", cert CN {:?} serial {} sha256 {}",
+                id.subject_cn.as_deref().unwrap_or(""),
+                id.serial,
+                id.fingerprint_sha256
+            ),
+        }
     }
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::codec::{self, DecodeError};
 use super::packet::*;
+use crate::auth::CertIdentity;
 use crate::broker::message::Message;
 use crate::broker::router::SubOpts;
 use crate::broker::session::{Delivery, Inflight, OutState, Signal, Will as SessionWill};
@@ -100,6 +101,13 @@ pub struct Conn {
     /// Auth state, when the listener's clients are authenticated (boxed: connections
     /// without auth pay one pointer).
     auth: Option<Box<auth::AuthState>>,
+    /// The verified client certificate (TLS listeners that verify clients).
+    cert: Option<Rc<CertIdentity>>,
+    /// The certificate's CN becomes the username when CONNECT carries none
+    /// (`use_identity_as_username`).
+    identity_as_username: bool,
+    /// The effective username: CONNECT's, or the certificate CN (see above).
+    username: Option<Rc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -142,7 +150,29 @@ impl Conn {
             closed: None,
             will_on_close: true,
             auth: None,
+            cert: None,
+            identity_as_username: false,
+            username: None,
         }
+    }
+
+    /// Attach the transport identity (the verified client certificate of a TLS
+    /// connection), before any input. With `identity_as_username`, its CN becomes the
+    /// username of a CONNECT that carries none.
+    pub fn set_cert(&mut self, cert: Option<Rc<CertIdentity>>, identity_as_username: bool) {
+        self.cert = cert;
+        self.identity_as_username = identity_as_username;
+    }
+
+    /// The verified client certificate, if any.
+    pub fn cert(&self) -> Option<&Rc<CertIdentity>> {
+        self.cert.as_ref()
+    }
+
+    /// The effective username once CONNECT is handled: the CONNECT's, else (with
+    /// `use_identity_as_username`) the certificate CN.
+    pub fn username(&self) -> Option<&Rc<str>> {
+        self.username.as_ref()
     }
 
     /// Bytes to write. The driver writes them and clears the buffer.
