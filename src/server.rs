@@ -208,11 +208,15 @@ async fn serve(
             .get_ref()
             .local_addr()
             .map_err(|e| format!("{name}.addr: {e}"))?;
-        log::info!(
-            "{name}: MQTT{} listening on {local} (protocol {})",
-            if secure { " over TLS" } else { "" },
-            slot.protocol
-        );
+        log::info!("{name}: MQTT listening on {local}");
+        if secure {
+            log::info!(
+                "{name}: TLS, client_auth {:?}, protocol {}",
+                slot.client_auth_mode()
+                    .unwrap_or(crate::config::ClientAuth::None),
+                slot.protocol
+            );
+        }
         addrs.insert(name.to_string(), local);
         let spec = mqtt::Spec {
             name: name.to_string(),
