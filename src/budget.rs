@@ -38,7 +38,7 @@ use crate::broker::SessionKey;
 use crate::broker::message::Message;
 use crate::broker::router::{Match, SubOpts};
 use crate::broker::session::{Delivery, Inflight, Session, Signal};
-use crate::config::{AuthProvider, Config, Family};
+use crate::config::{AuthProvider, Config, Family, Security};
 use crate::listener::READ_BUF;
 use crate::protocol::mqtt::conn::{Conn, max_frame as mqtt_max_frame};
 
@@ -58,6 +58,28 @@ pub const HEALTH_CONNECTION: u64 = 32 * 1024;
 /// counts active connections, and the executor's task header. The test
 /// `task_constant_covers_the_driver_future` measures the real future against it.
 pub const DRIVER_TASK: u64 = 1024;
+/// A TLS connection's task: the handshake, then the MQTT driver with the rustls connection
+/// (its 1.2 KiB struct) inline. It replaces [`DRIVER_TASK`] for TLS connections;
+/// `task_constant_covers_the_driver_future` measures it (3.2 KiB on x86_64).
+pub const TLS_TASK: u64 = 4 * 1024;
+/// Heap of one idle TLS connection: rustls' record-layer keys, the 4 KiB read buffer it
+/// keeps between records, the client's certificate chain on mTLS, and the certificate
+/// identity. `tests/tls_memory.rs` measures it (mTLS, TLS 1.3, P-256: 7.4 KiB).
+pub const TLS_HEAP_IDLE: u64 = 8 * 1024;
+/// What a busy TLS connection adds: ciphertext queued for a peer that does not read (up to
+/// `listener::tls::SEND_BUFFER_LIMIT`, one record: 16.3 KiB measured), rustls' read buffer
+/// grown for full-size records (its capacity doubles to 32 KiB), and the records decrypted
+/// from one read not yet handed to the driver (at most that buffer's content).
+/// `tests/tls_memory.rs` checks the measured parts against it.
+pub const TLS_BUFFERS: u64 = 17 * 1024 + 32 * 1024 + 32 * 1024;
+/// What an idle TLS connection costs on top of a plain one.
+pub const TLS_CONNECTION_IDLE: u64 = TLS_TASK - DRIVER_TASK + TLS_HEAP_IDLE;
+/// What a busy TLS connection costs on top of a plain one (the worst case).
+pub const TLS_CONNECTION_BUSY: u64 = TLS_CONNECTION_IDLE + TLS_BUFFERS;
+/// Per TLS listener: its `ServerConfig` (certificates, keys, verifier roots) and rustls'
+/// session-resumption cache of 256 entries (each with the client's certificate chain on
+/// mTLS); twice during a reload.
+pub const TLS_LISTENER: u64 = 2 * (256 * 2048 + 32 * 1024);
 /// Per socket in the async-io reactor: the `Arc<Source>` with its waker slots, plus a
 /// timer entry.
 pub const REACTOR_ENTRY: u64 = 384;
@@ -316,6 +338,49 @@ pub fn worst_case(cfg: &Config) -> Budget {
         "nothing (fixed)".to_owned(),
     );
 
+    // ---- TLS -----------------------------------------------------------------------------
+    // Every connection of a TLS slot (handshaking ones included: they count against the
+    // same max_connections) holds rustls state and its buffers, on top of the terms above.
+    let mut tls_conns: Option<u64> = Some(0);
+    let mut tls_keys = Vec::new();
+    for (slot, l) in cfg.server.slots() {
+        if l.enabled() && slot.security != Security::Plain && slot.family != Family::Coap {
+            tls_keys.push(format!("{}.max_connections", slot.key));
+            tls_conns = match (tls_conns, l.max_connections) {
+                (_, 0) | (None, _) => None,
+                (Some(n), m) => Some(n + u64::from(m)),
+            };
+        }
+    }
+    if !tls_keys.is_empty() {
+        let listeners = tls_keys.len() as u64;
+        add(
+            "TLS connections",
+            tls_conns.map(|n| mul(n, TLS_CONNECTION_BUSY)),
+            format!(
+                "{} x {} (rustls state {} idle, plus one queued record, its read buffer and \
+                 decrypted records)",
+                tls_conns.map_or_else(
+                    || "unlimited TLS connections".to_owned(),
+                    |n| format!("{n} TLS connections")
+                ),
+                human(TLS_CONNECTION_BUSY),
+                human(TLS_CONNECTION_IDLE)
+            ),
+            tls_keys.join(", "),
+        );
+        add(
+            "TLS listeners",
+            Some(listeners * TLS_LISTENER),
+            format!(
+                "{listeners} TLS listener(s) x {} (configuration and 256-entry session cache, \
+                 twice during a certificate reload)",
+                human(TLS_LISTENER)
+            ),
+            "the tls/mtls slots switched on".to_owned(),
+        );
+    }
+
     // ---- sessions ------------------------------------------------------------------------
     let sessions = u64::from(s.max_sessions);
     // A message: Rc header + `Message` + topic, properties and payload (at most one frame),
@@ -563,6 +628,33 @@ mod tests {
     }
 
     #[test]
+    fn tls_slots_add_their_connection_and_listener_terms() {
+        let plain = worst_case(&cfg(""));
+        assert!(plain.get("TLS connections").is_none() && plain.get("TLS listeners").is_none());
+        let tls = worst_case(&cfg(
+            "server: { tcp: { tls: { addr: \":8883\", max_connections: 40, cert_file: c, key_file: k }, \
+             mtls: { addr: \":8884\", max_connections: 10, cert_file: c, key_file: k, ca_file: ca } } }\n",
+        ));
+        assert_eq!(bytes(&tls, "TLS connections"), 50 * TLS_CONNECTION_BUSY);
+        assert_eq!(bytes(&tls, "TLS listeners"), 2 * TLS_LISTENER);
+        assert!(
+            tls.get("TLS connections")
+                .unwrap()
+                .lower
+                .contains("server.tcp.mtls.max_connections")
+        );
+        // The TLS connections are connections too: the per-connection terms count them.
+        assert_eq!(
+            bytes(&tls, "partial-packet buffers"),
+            bytes(&plain, "partial-packet buffers") / 100 * 150
+        );
+        let unlimited = worst_case(&cfg(
+            "server: { tcp: { tls: { addr: \":8883\", max_connections: 0, cert_file: c, key_file: k } } }\n",
+        ));
+        assert_eq!(unlimited.get("TLS connections").unwrap().bytes, None);
+    }
+
+    #[test]
     fn queues_take_the_lower_of_bytes_and_messages() {
         let msg = RC_HEADER + sz::<Message>() + mqtt_max_frame(1024) as u64 + 3 * ALLOC;
         // A connected session may hold twice its caps (a burst): 20 messages of ~2 KiB
@@ -737,6 +829,16 @@ mod tests {
         assert!(
             size + 256 <= DRIVER_TASK,
             "the connection driver future is {size} B: raise budget::DRIVER_TASK"
+        );
+        // A TLS connection's task: the handshake, then the driver with the rustls
+        // connection inline.
+        type Tls = crate::listener::tls::TlsStream<smol::Async<std::net::TcpStream>>;
+        let tls = std::mem::size_of::<mqtt::Connection<Tls>>() as u64;
+        let task = crate::listener::mqtt::tls_task_size() as u64;
+        eprintln!("TLS driver future: {tls} B, TLS connection task: {task} B");
+        assert!(
+            task + 256 <= TLS_TASK,
+            "the TLS connection task is {task} B: raise budget::TLS_TASK"
         );
     }
 }

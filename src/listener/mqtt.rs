@@ -134,6 +134,40 @@ async fn serve_tls(
     conn.await
 }
 
+/// Size of a TLS connection's task future (`serve_tls`), for the memory budget's test.
+#[cfg(test)]
+pub fn tls_task_size() -> usize {
+    fn size_of_future<F: Future>(_: &dyn Fn() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    size_of_future(&|| {
+        serve_tls(
+            unreachable_acceptor(),
+            unreachable_stream(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            unreachable_shared(),
+            unreachable_handshaking(),
+        )
+    })
+}
+
+#[cfg(test)]
+fn unreachable_acceptor() -> Rc<tls::Acceptor> {
+    unreachable!("only the type is used")
+}
+#[cfg(test)]
+fn unreachable_stream() -> Async<TcpStream> {
+    unreachable!("only the type is used")
+}
+#[cfg(test)]
+fn unreachable_shared() -> Rc<Shared> {
+    unreachable!("only the type is used")
+}
+#[cfg(test)]
+fn unreachable_handshaking() -> Handshaking {
+    unreachable!("only the type is used")
+}
+
 /// Counts a connection still in its TLS handshake against the listener's `max_connections`.
 struct Handshaking(Rc<Spec>);
 

@@ -55,6 +55,11 @@ use crate::config::tls::{CipherSuite, ClientAuth, TlsVersion};
 use crate::config::{Config, Listener};
 use crate::metrics::{CloseReason, Counter, Metrics};
 
+/// Most TLS output (ciphertext) a connection queues in rustls when its peer does not read:
+/// one full record and its overhead. Plaintext waits in the driver's output buffer instead
+/// (capped by its high-water mark), so this adds one record, not a second copy of it.
+pub const SEND_BUFFER_LIMIT: usize = 16 * 1024 + 256;
+
 /// The PEM files of a slot, read from disk (off the executor thread).
 struct Files {
     cert: Vec<u8>,
@@ -289,6 +294,11 @@ impl Acceptor {
         &self.key
     }
 
+    /// The server configuration new handshakes use now.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current.borrow().clone()
+    }
+
     /// Register a reload hook: on SIGHUP the certificate, key and CA are re-read (off the
     /// executor thread) with the slot's reloaded TLS block, and new handshakes use them. A
     /// reload that fails (unreadable file, bad PEM, key not matching the certificate)
@@ -370,7 +380,7 @@ impl Acceptor {
             })
             .await
         };
-        let stream = match result {
+        let mut stream = match result {
             Ok(s) => s,
             Err(e) => {
                 let reason = if e.kind() == io::ErrorKind::TimedOut {
@@ -383,6 +393,9 @@ impl Acceptor {
                 return Err(e);
             }
         };
+        // Bound the ciphertext waiting for a slow reader (rustls' default is 64 KiB): the
+        // driver's own output buffer already holds what is not written yet.
+        stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
         let identity = if self.verifies.get() {
             stream
                 .get_ref()
