@@ -13,7 +13,8 @@
 //!
 //! Module map: `config` (YAML -> `Config`), `server` (start-up, shutdown), `listener`
 //! (accept loops and drivers: the only code that awaits), `protocol` (sans-IO codecs and
-//! connection state machines), `broker` (the protocol-agnostic core), `metrics`, `clock`.
+//! connection state machines), `broker` (the protocol-agnostic core), `ratelimit` (token
+//! buckets every protocol consults), `metrics`, `clock`.
 //!
 //! Invariants, kept everywhere:
 //! 1. **Nothing is unbounded.** Every buffer, queue, table and cache has a cap from
@@ -35,4 +36,5 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod ratelimit;
 pub mod server;

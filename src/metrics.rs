@@ -9,6 +9,8 @@ use std::cell::Cell;
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
+use crate::auth::Protocol;
+
 macro_rules! reasons {
     ($(#[$m:meta])* $name:ident { $($v:ident => $s:literal),* $(,)? }) => {
         $(#[$m])*
@@ -37,6 +39,7 @@ reasons!(
         NotAuthorized => "not_authorized",
         PacketTooLargeForClient => "client_max_packet_size",
         SessionEnded => "session_ended",
+        RateLimited => "rate_limited",
     }
 );
 
@@ -62,6 +65,7 @@ reasons!(
         ListenerFull => "listener_full",
         TlsHandshakeTimeout => "tls_handshake_timeout",
         TlsHandshakeFailed => "tls_handshake_failed",
+        RateLimited => "rate_limited",
     }
 );
 
@@ -80,6 +84,7 @@ reasons!(
         Reloads => "reloads_total",
         TlsReloads => "tls_reloads_total",
         TlsReloadFailures => "tls_reload_failures_total",
+        RateLimitOverflow => "ratelimit_ip_overflow_total",
     }
 );
 
@@ -122,11 +127,22 @@ reasons!(
     }
 );
 
+reasons!(
+    /// Which rate limit refused something (`ratelimit.*`, see `crate::ratelimit`).
+    LimitKind {
+        Connection => "connection",
+        Message => "message",
+        Subscribe => "subscribe",
+    }
+);
+
 const NDROP: usize = DropReason::ALL.len();
 const NCLOSE: usize = CloseReason::ALL.len();
 const NCOUNT: usize = Counter::ALL.len();
 const NHTTP: usize = HttpStatus::ALL.len();
 const NCOAP: usize = CoapCode::ALL.len();
+const NLIMIT: usize = LimitKind::ALL.len();
+const NPROTO: usize = Protocol::ALL.len();
 
 /// Point-in-time gauges, read from the core at render time.
 #[derive(Debug, Default, Clone, Copy)]
@@ -137,6 +153,8 @@ pub struct Gauges {
     pub retained_messages: usize,
     pub retained_bytes: usize,
     pub queued_messages: usize,
+    /// Source IPs with a connection rate-limit bucket (`ratelimit.connection`).
+    pub ratelimit_tracked_ips: usize,
 }
 
 #[derive(Debug)]
@@ -150,6 +168,10 @@ pub struct Metrics {
     drop_log: [(Cell<u64>, Cell<Option<Instant>>); NDROP],
     /// Refused bridge requests (HTTP, CoAP): (count not yet logged, time of the last line).
     refusal_log: (Cell<u64>, Cell<Option<Instant>>),
+    /// Rate-limit refusals by limit and protocol.
+    limited: [[Cell<u64>; NPROTO]; NLIMIT],
+    /// Per limit: (refusals not yet logged, time of the last log line).
+    limited_log: [(Cell<u64>, Cell<Option<Instant>>); NLIMIT],
     pub connections: Cell<u64>,
 }
 
@@ -163,6 +185,8 @@ impl Default for Metrics {
             coap: std::array::from_fn(|_| Cell::new(0)),
             drop_log: std::array::from_fn(|_| (Cell::new(0), Cell::new(None))),
             refusal_log: (Cell::new(0), Cell::new(None)),
+            limited: std::array::from_fn(|_| std::array::from_fn(|_| Cell::new(0))),
+            limited_log: std::array::from_fn(|_| (Cell::new(0), Cell::new(None))),
             connections: Cell::new(0),
         }
     }
@@ -199,6 +223,45 @@ impl Metrics {
             pending.set(0);
             last.set(Some(now));
         }
+    }
+
+    /// Count a dropped message without a log line (the caller logged it another way).
+    pub fn add_drop(&self, reason: DropReason) {
+        let cell = &self.drops[reason as usize];
+        cell.set(cell.get() + 1);
+    }
+
+    /// Count a rate-limit refusal and log it (one line per limit per second, carrying the
+    /// count; `who` is the latest client or source address).
+    pub fn count_rate_limited(
+        &self,
+        limit: LimitKind,
+        protocol: Protocol,
+        who: &dyn std::fmt::Display,
+        now: Instant,
+    ) {
+        let cell = &self.limited[limit as usize][protocol as usize];
+        cell.set(cell.get() + 1);
+        let (pending, last) = &self.limited_log[limit as usize];
+        pending.set(pending.get() + 1);
+        if last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+        {
+            log::warn!(
+                "rate-limited {} {} request(s) (ratelimit.{}; latest: {} {who})",
+                pending.get(),
+                limit.label(),
+                limit.label(),
+                protocol.key(),
+            );
+            pending.set(0);
+            last.set(Some(now));
+        }
+    }
+
+    pub fn rate_limited(&self, limit: LimitKind, protocol: Protocol) -> u64 {
+        self.limited[limit as usize][protocol as usize].get()
     }
 
     pub fn dropped(&self, reason: DropReason) -> u64 {
@@ -303,6 +366,12 @@ impl Metrics {
             "Messages waiting in session queues.",
             g.queued_messages as u64,
         );
+        gauge(
+            &mut s,
+            "ratelimit_tracked_ips",
+            "Source IPs with a connection rate-limit bucket (at most ratelimit.connection.max_tracked_ips).",
+            g.ratelimit_tracked_ips as u64,
+        );
         for &c in Counter::ALL {
             let _ = write!(
                 s,
@@ -322,6 +391,21 @@ impl Metrics {
                 d.label(),
                 self.dropped(d)
             );
+        }
+        s.push_str(
+            "# HELP fluxmq_edge_ratelimit_refused_total Requests refused by a rate limit, by limit and protocol.\n",
+        );
+        s.push_str("# TYPE fluxmq_edge_ratelimit_refused_total counter\n");
+        for &l in LimitKind::ALL {
+            for p in Protocol::ALL {
+                let _ = writeln!(
+                    s,
+                    "fluxmq_edge_ratelimit_refused_total{{limit=\"{}\",protocol=\"{}\"}} {}",
+                    l.label(),
+                    p.key(),
+                    self.rate_limited(l, p)
+                );
+            }
         }
         s.push_str("# HELP fluxmq_edge_connections_closed_total Connections ended, by reason.\n");
         s.push_str("# TYPE fluxmq_edge_connections_closed_total counter\n");
@@ -370,6 +454,7 @@ mod tests {
         m.add(Counter::MessagesReceived, 3);
         m.count_drop(DropReason::QueueFull, "c", "t", Instant::now());
         m.closed(CloseReason::PeerClosed);
+        m.count_rate_limited(LimitKind::Message, Protocol::Mqtt, &"c", Instant::now());
         let text = m.render(&Gauges {
             sessions: 2,
             ..Default::default()
@@ -378,6 +463,13 @@ mod tests {
         assert!(text.contains("fluxmq_edge_messages_dropped_total{reason=\"queue_full\"} 1"));
         assert!(text.contains("fluxmq_edge_connections_closed_total{reason=\"peer_closed\"} 1"));
         assert!(text.contains("fluxmq_edge_sessions 2"));
+        assert!(text.contains(
+            "fluxmq_edge_ratelimit_refused_total{limit=\"message\",protocol=\"mqtt\"} 1"
+        ));
+        assert!(text.contains(
+            "fluxmq_edge_ratelimit_refused_total{limit=\"connection\",protocol=\"amqp091\"} 0"
+        ));
+        assert!(text.contains("fluxmq_edge_ratelimit_tracked_ips 0"));
         for d in DropReason::ALL {
             assert!(text.contains(d.label()));
         }

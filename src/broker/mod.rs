@@ -107,6 +107,10 @@ pub struct Broker {
     /// The auth provider and per-protocol switches, consulted by every protocol adapter
     /// (disabled until `server` installs one).
     pub auth: crate::auth::Auth,
+    /// The per-client rate limits (`ratelimit.message`, `ratelimit.subscribe`), consulted by
+    /// every protocol adapter with the buckets of its connection (off until `server`
+    /// configures them; a reload replaces the quotas).
+    pub ratelimit: crate::ratelimit::ClientLimits,
     /// Boxed: the slab's growth then copies pointers, not sessions, and an idle session
     /// costs its own size rather than a share of a doubled array.
     sessions: Slab<Box<Session>>,
@@ -123,6 +127,7 @@ impl Broker {
         let retained = retain::Retained::new(limits.max_retained, limits.max_retained_bytes);
         Broker {
             limits,
+            ratelimit: crate::ratelimit::ClientLimits::off(metrics.clone()),
             metrics,
             auth: crate::auth::Auth::disabled(),
             sessions: Slab::new(),
@@ -171,6 +176,7 @@ impl Broker {
             retained_messages: self.retained.len(),
             retained_bytes: self.retained.bytes(),
             queued_messages: self.sessions.iter().map(|(_, s)| s.queue.len()).sum(),
+            ratelimit_tracked_ips: 0, // the listener layer's, filled in by `listener::health`
         }
     }
 

@@ -50,11 +50,6 @@ const NOT_BUILT: &[NotBuilt] = &[
         why: "the auth callout is not built yet in this version of fluxmq-edge; remove it",
     },
     NotBuilt {
-        key: "ratelimit.enabled",
-        asked: |c| c.ratelimit.enabled,
-        why: "rate limiting is not built yet in this version of fluxmq-edge; set it to false",
-    },
-    NotBuilt {
         key: "cluster.enabled",
         asked: |c| c.cluster.enabled,
         why: "the cloud cluster link is not built yet in this version of fluxmq-edge; set it \
@@ -170,6 +165,11 @@ impl Config {
             for (path, bucket) in self.ratelimit.buckets() {
                 if bucket.enabled && bucket.rate == 0.0 && bucket.burst == 0 {
                     warn(path, "rate 0 and burst 0: every request is refused");
+                } else if bucket.enabled && bucket.rate == 0.0 {
+                    warn(
+                        path,
+                        "rate 0: the bucket never refills (burst requests per bucket, then none)",
+                    );
                 }
             }
         }
@@ -406,10 +406,6 @@ mod tests {
                 "auth.url: the auth callout is not built yet",
             ),
             (
-                |c| c.ratelimit.enabled = true,
-                "ratelimit.enabled: rate limiting is not built yet",
-            ),
-            (
                 |c| c.cluster.enabled = true,
                 "cluster.enabled: the cloud cluster link is not built yet",
             ),
@@ -481,5 +477,27 @@ mod tests {
         atom.auth.provider = "atom".into();
         atom.auth.url = "https://x".into();
         assert_eq!(atom.warnings(), ["auth.url: ignored by the atom provider"]);
+    }
+
+    #[test]
+    fn rate_limit_warnings() {
+        let mut c = base();
+        c.ratelimit.enabled = true;
+        c.ratelimit.message.rate = 0.0;
+        c.ratelimit.message.burst = 0;
+        c.ratelimit.subscribe.rate = 0.0;
+        c.ratelimit.connection.rate = 0.0;
+        c.ratelimit.connection.enabled = false;
+        assert!(c.check_supported("edge.yaml").is_ok());
+        assert_eq!(
+            c.warnings(),
+            [
+                "ratelimit.message: rate 0 and burst 0: every request is refused",
+                "ratelimit.subscribe: rate 0: the bucket never refills (burst requests per \
+                 bucket, then none)",
+            ]
+        );
+        c.ratelimit.enabled = false;
+        assert!(c.warnings().is_empty());
     }
 }

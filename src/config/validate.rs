@@ -311,6 +311,15 @@ ratelimit.connection.rate | finite | ratelimit: { connection: { rate: .inf } }
 ratelimit.message.burst | at least 1 when rate > 0 | ratelimit: { message: { burst: 0 } }
 ratelimit.connection.cleanup_interval | greater than 0 | ratelimit: { enabled: true, connection: { cleanup_interval: 0s } }
 ratelimit.connection.max_tracked_ips | at least 1 | ratelimit: { connection: { max_tracked_ips: 0 } }
+ratelimit.connection.burst | must not be negative (got -1) | ratelimit: { connection: { burst: -1 } }
+ratelimit.subscribe.burst | expected a whole number | ratelimit: { subscribe: { burst: 1.5 } }
+ratelimit.message.rate | finite | ratelimit: { message: { rate: .NaN } }
+ratelimit.connection.rate | >= 0 | ratelimit: { connection: { rate: -0.5 } }
+ratelimit.subscribe.burst | at least 1 when rate > 0 | ratelimit: { subscribe: { rate: 0.5, burst: 0 } }
+ratelimit.connection.cleanup_interval | must not be negative | ratelimit: { connection: { cleanup_interval: -5m } }
+ratelimit.connection.max_tracked_ips | must not be negative (got -1) | ratelimit: { connection: { max_tracked_ips: -1 } }
+ratelimit.message.rate | expected f64 | ratelimit: { message: { rate: fast } }
+ratelimit.enabled | expected a boolean | ratelimit: { enabled: maybe }
 auth.provider | unknown provider "ldap" | auth: { provider: ldap }
 auth.url | required for provider callout | auth: { provider: Callout }
 auth.url | http:// or https:// | auth: { url: "auth.internal:7016" }

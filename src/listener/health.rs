@@ -97,7 +97,9 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/metrics" => {
-            let text = shared.metrics.render(&shared.broker.borrow().gauges());
+            let mut gauges = shared.broker.borrow().gauges();
+            gauges.ratelimit_tracked_ips = shared.conn_limit.borrow().len();
+            let text = shared.metrics.render(&gauges);
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         _ => reply(

@@ -8,12 +8,16 @@ pub mod mqtt;
 pub mod tls;
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
 
+use crate::auth::Protocol;
 use crate::broker::Broker;
 use crate::broker::session::Signal;
+use crate::clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ratelimit::{IpLimiter, Refusal};
 
 /// What every listener task shares: the core, the metrics, the shared read buffer, and the
 /// shutdown flag.
@@ -32,6 +36,8 @@ pub struct Shared {
     /// Run on SIGHUP with the newly loaded configuration, in registration order: each
     /// subsystem that can change live (TLS certificates, rate limits) registers one.
     pub reload_hooks: RefCell<Vec<ReloadHook>>,
+    /// The connection rate limit per source IP (`ratelimit.connection`): see [`Shared::admit`].
+    pub conn_limit: RefCell<IpLimiter>,
 }
 
 /// A subsystem's reaction to a reload; it logs (and keeps its old state) when what it
@@ -42,25 +48,73 @@ pub type ReloadHook = Box<dyn Fn(&Config)>;
 pub const READ_BUF: usize = 64 * 1024;
 
 impl Shared {
-    pub fn new(broker: Broker, metrics: Rc<Metrics>, config: Rc<Config>) -> Rc<Shared> {
-        Rc::new(Shared {
-            broker: RefCell::new(broker),
-            metrics,
-            read_buf: RefCell::new(vec![0; READ_BUF].into_boxed_slice()),
-            conns: RefCell::new(slab::Slab::new()),
-            shutting_down: Cell::new(false),
-            shutdown: event_listener::Event::new(),
-            config: RefCell::new(config),
-            reload_hooks: RefCell::new(Vec::new()),
+    /// The shared state of a broker configured by `config`; registers the reload hook of the
+    /// rate limits (the first hook).
+    pub fn new(mut broker: Broker, metrics: Rc<Metrics>, config: Rc<Config>) -> Rc<Shared> {
+        let now = clock::now();
+        broker.ratelimit.configure(&config.ratelimit, now);
+        let mut conn_limit = IpLimiter::off(metrics.clone());
+        conn_limit.configure(&config.ratelimit, now);
+        Rc::new_cyclic(|me: &Weak<Shared>| {
+            let me = me.clone();
+            let hook: ReloadHook = Box::new(move |cfg: &Config| {
+                if let Some(shared) = me.upgrade() {
+                    shared.reload_ratelimit(cfg);
+                }
+            });
+            Shared {
+                broker: RefCell::new(broker),
+                read_buf: RefCell::new(vec![0; READ_BUF].into_boxed_slice()),
+                conns: RefCell::new(slab::Slab::new()),
+                shutting_down: Cell::new(false),
+                shutdown: event_listener::Event::new(),
+                config: RefCell::new(config),
+                reload_hooks: RefCell::new(vec![hook]),
+                conn_limit: RefCell::new(conn_limit),
+                metrics,
+            }
         })
+    }
+
+    /// Reload: the `ratelimit` section's new quotas, caps and switches apply at once to
+    /// every connection; buckets keep their state (see `crate::ratelimit`).
+    fn reload_ratelimit(&self, cfg: &Config) {
+        let now = clock::now();
+        self.broker
+            .borrow_mut()
+            .ratelimit
+            .configure(&cfg.ratelimit, now);
+        self.conn_limit.borrow_mut().configure(&cfg.ratelimit, now);
+        log::info!(
+            "reload: rate limits {}",
+            if cfg.ratelimit.enabled {
+                "applied"
+            } else {
+                "off"
+            }
+        );
     }
 }
 
 impl Shared {
-    /// Wake every connection whose deadline passed. Called once a second by the server's
-    /// housekeeping task: timeouts (keep-alive, CONNECT, write, v3 retry) have one-second
-    /// granularity, and an idle connection costs no timer.
+    /// The connection rate limit (`ratelimit.connection`), checked by **every accept loop**
+    /// right after `accept`, before TLS, before the connection counts against
+    /// `max_connections` and before anything is read or written, and by CoAP for every
+    /// request datagram: `if shared.admit(peer, Protocol::Mqtt).is_err() { continue; }`
+    /// (dropping the stream closes it). WebSocket answers a refusal with HTTP 429, CoAP with
+    /// 4.29; both take the retry time from the [`Refusal`]. Counted and logged inside.
+    pub fn admit(&self, peer: SocketAddr, protocol: Protocol) -> Result<(), Refusal> {
+        self.conn_limit
+            .borrow_mut()
+            .allow_connection(peer.ip(), protocol, clock::now())
+    }
+
+    /// Wake every connection whose deadline passed, and expire idle rate-limit entries.
+    /// Called once a second by the server's housekeeping task: timeouts (keep-alive,
+    /// CONNECT, write, v3 retry) have one-second granularity, and an idle connection costs
+    /// no timer.
     pub fn sweep(&self, now: std::time::Instant) {
+        self.conn_limit.borrow_mut().tick(now);
         for (_, s) in self.conns.borrow().iter() {
             s.wake_if_due(now);
         }

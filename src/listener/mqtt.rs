@@ -20,7 +20,7 @@ use futures_lite::{AsyncRead, AsyncWrite, future};
 use smol::{Async, LocalExecutor, Timer};
 
 use super::{Shared, tls};
-use crate::auth::Pending;
+use crate::auth::{Pending, Protocol};
 use crate::broker::session::Signal;
 use crate::clock;
 use crate::metrics::{CloseReason, Counter};
@@ -74,6 +74,11 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // The connection rate limit per source IP: before max_connections and before
+        // anything is read or written (TLS and WebSocket accept loops make the same call).
+        if shared.admit(peer, Protocol::Mqtt).is_err() {
+            continue; // dropping the stream closes it
+        }
         if spec.max_connections > 0 && spec.active.get() >= spec.max_connections {
             shared.metrics.closed(CloseReason::ListenerFull);
             log::warn!(

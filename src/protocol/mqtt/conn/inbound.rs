@@ -131,6 +131,18 @@ impl Conn {
             Some(true) => {}
             Some(false) => return self.publish_denied(p.qos, pkid, topic, key, broker, now),
         }
+        // Rate limit (`ratelimit.message`). Not the first check: a PUBLISH that sets a topic
+        // alias has recorded it above even when refused here (or the client's next
+        // alias-only PUBLISH would be a protocol error), a resent QoS 2 not yet released was
+        // acknowledged above, and one waiting for authorization is handled again with the
+        // answer: each costs one token at most, a denied one none.
+        if broker
+            .ratelimit
+            .allow_message(&mut self.buckets, Protocol::Mqtt, &self.client_id, now)
+            .is_err()
+        {
+            return self.publish_rate_limited(p.qos, pkid, broker, now);
+        }
         if p.props.payload_format == Some(1) && std::str::from_utf8(p.payload).is_err() {
             // [MQTT-3.3.2-4] the server may refuse a payload that is not the UTF-8 it claims.
             return self.answer_publish(
@@ -187,6 +199,36 @@ impl Conn {
             );
         }
         self.answer_publish(qos, pkid, Err(ReasonCode::NotAuthorized), key, broker, now);
+    }
+
+    /// A PUBLISH over `ratelimit.message` (spec §5): MQTT 5 answers QoS 1 with PUBACK 0x97
+    /// and QoS 2 with PUBREC 0x97 and keeps the connection; QoS 0 is dropped. 3.1.1 drops
+    /// QoS 0 and closes the connection for QoS>0 (it has no way to refuse one). Counted as a
+    /// dropped message (`rate_limited`) and a refusal (logged by the limiter).
+    fn publish_rate_limited(
+        &mut self,
+        qos: QoS,
+        pkid: Option<PacketId>,
+        broker: &mut Broker,
+        now: Instant,
+    ) {
+        broker.metrics.add_drop(DropReason::RateLimited);
+        let id = pkid_or_one(pkid);
+        match qos {
+            QoS::AtMostOnce => {}
+            _ if !self.v5() => {
+                log::info!(
+                    "client {:?} from {}: QoS {} PUBLISH over ratelimit.message; closing \
+                     (MQTT 3.1.1 cannot refuse it)",
+                    self.client_id,
+                    self.peer,
+                    qos as u8
+                );
+                self.close(CloseReason::RateLimited, broker, Some(now));
+            }
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack(id, ReasonCode::QuotaExceeded))),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack(id, ReasonCode::QuotaExceeded))),
+        }
     }
 
     pub(super) fn answer_publish(
@@ -339,6 +381,16 @@ impl Conn {
                 );
                 broker.metrics.add(Counter::SubscribeRefused, 1);
                 codes.push(ReasonCode::NotAuthorized);
+                continue;
+            }
+            // Rate limit (`ratelimit.subscribe`): one token per entry; an entry over it is
+            // refused (0x97; 3.1.1: 0x80), the others are served.
+            if broker
+                .ratelimit
+                .allow_subscribe(&mut self.buckets, Protocol::Mqtt, &self.client_id, now)
+                .is_err()
+            {
+                codes.push(ReasonCode::QuotaExceeded);
                 continue;
             }
             let opts = SubOpts {

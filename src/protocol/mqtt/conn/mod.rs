@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 use super::codec::{self, DecodeError};
 use super::packet::*;
 use crate::auth::CertIdentity;
+use crate::auth::Protocol;
 use crate::broker::message::Message;
 use crate::broker::router::SubOpts;
 use crate::broker::session::{Delivery, Inflight, OutState, Signal, Will as SessionWill};
 use crate::broker::{Broker, ConnectReq, SessionKey, topic};
 use crate::metrics::{CloseReason, Counter, DropReason, Metrics};
+use crate::ratelimit::ClientBuckets;
 
 /// Which protocol versions a listener accepts (`protocol` of the listener slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +110,8 @@ pub struct Conn {
     identity_as_username: bool,
     /// The effective username: CONNECT's, or the certificate CN (see above).
     username: Option<Rc<str>>,
+    /// This connection's message and subscribe rate-limit buckets (`Broker::ratelimit`).
+    buckets: ClientBuckets,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +157,7 @@ impl Conn {
             cert: None,
             identity_as_username: false,
             username: None,
+            buckets: ClientBuckets::default(),
         }
     }
 
