@@ -7,7 +7,8 @@
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -46,10 +47,29 @@ pub fn start_yaml(yaml: &str) -> Broker {
     }
 }
 
+/// Start a broker from configuration files, as the binary does: `reload` re-reads them.
+/// The files must put v3, v5 and health listeners on `127.0.0.1:0`.
+pub fn start_files(paths: &[PathBuf]) -> Broker {
+    let running = fluxmq_edge::server::spawn_from(paths).expect("broker starts");
+    Broker {
+        v3: running.addr("server.tcp.v3"),
+        v5: running.addr("server.tcp.v5"),
+        health: running.addr("server.health_addr"),
+        running: Some(running),
+    }
+}
+
 impl Broker {
     /// Bound address of a listener by config key (`server.http.plain`, `server.coap.plain`).
     pub fn addr(&self, key: &str) -> SocketAddr {
         self.running.as_ref().expect("broker running").addr(key)
+    }
+
+    /// Reload as on SIGHUP, and wait until it has run (`reloads_total` went up).
+    pub fn reload(&self) {
+        let before = self.value("reloads_total");
+        self.running.as_ref().expect("running").reload();
+        self.wait_value("reloads_total", |n| n > before);
     }
 
     /// Shut down as on SIGTERM and wait for the broker thread.
@@ -812,6 +832,47 @@ impl Raw {
             buf: Vec::new(),
             v5: false,
             next_id: 0,
+        }
+    }
+
+    /// A TCP connection from source address `src` (any of 127.0.0.0/8 on loopback), nothing
+    /// sent: std cannot bind before connecting, tokio's `TcpSocket` can.
+    pub fn tcp_from(src: IpAddr, addr: SocketAddr) -> Raw {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let s = rt
+            .block_on(async {
+                let sock = tokio::net::TcpSocket::new_v4()?;
+                sock.bind(SocketAddr::new(src, 0))?;
+                sock.connect(addr).await?.into_std()
+            })
+            .expect("connect to the broker from a chosen source address");
+        s.set_nonblocking(false).unwrap();
+        s.set_nodelay(true).unwrap();
+        Raw {
+            s,
+            buf: Vec::new(),
+            v5: false,
+            next_id: 0,
+        }
+    }
+
+    /// Send CONNECT from `src`; returns the client and the CONNACK, or `None` when the
+    /// broker closed the connection without a packet.
+    pub fn connect_from(src: IpAddr, addr: SocketAddr, c: &Connect) -> Option<(Raw, ConnAck)> {
+        let mut r = Raw::tcp_from(src, addr);
+        r.v5 = c.v5;
+        // The broker may have closed the socket already: the write can fail.
+        let _ = r.try_send(&c.bytes());
+        match r.recv(T) {
+            Recv::Packet(p) => {
+                let ack = p.connack(c.v5);
+                Some((r, ack))
+            }
+            Recv::Closed => None,
+            Recv::Timeout => panic!("no CONNACK and no close within {T:?}"),
         }
     }
 

@@ -15,6 +15,7 @@ mod http;
 mod malformed;
 mod process;
 mod publish;
+mod ratelimit;
 mod retain;
 mod session;
 mod subscribe;
