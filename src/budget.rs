@@ -87,11 +87,10 @@ pub const REACTOR_ENTRY: u64 = 384;
 /// subscriber and shared-group vectors, its slab slot, the parent's map entry and the level
 /// string.
 pub const TRIE_NODE: u64 = 256;
-/// One `ratelimit.connection` entry (an IP and its token bucket) in a hash map. Rate
-/// limiting is not built yet; this is the planned layout.
-pub const RATELIMIT_IP_ENTRY: u64 = 64;
-/// One per-client token bucket (`ratelimit.message`, `ratelimit.subscribe`).
-pub const RATELIMIT_CLIENT_BUCKET: u64 = 48;
+/// One `ratelimit.connection` entry in the IP map: the address and its bucket (one `u64`).
+/// The per-client buckets (`ratelimit.message`, `ratelimit.subscribe`) are 16 bytes inside
+/// each connection's state machine, counted with the connection.
+pub const RATELIMIT_IP_ENTRY: u64 = size_of::<(std::net::IpAddr, crate::ratelimit::Tat)>() as u64;
 /// One identity-cache entry (client ID -> external ID, with its expiry): two names and
 /// an `Instant`.
 pub const AUTH_CACHE_ENTRY: u64 = 2 * ASSUMED_NAME_LEN + 64;
@@ -509,21 +508,14 @@ pub fn worst_case(cfg: &Config) -> Budget {
 
     // ---- rate limits, auth caches, health, runtime ---------------------------------------
     let rl = &cfg.ratelimit;
-    if rl.enabled {
-        let ips = if rl.connection.enabled {
-            u64::from(rl.connection.max_tracked_ips)
-        } else {
-            0
-        };
-        let buckets = u64::from(rl.message.enabled) + u64::from(rl.subscribe.enabled);
-        let bytes = map_bytes(ips, RATELIMIT_IP_ENTRY)
-            + map_bytes(mul(sessions, buckets), RATELIMIT_CLIENT_BUCKET);
+    if rl.enabled && rl.connection.enabled {
+        let ips = u64::from(rl.connection.max_tracked_ips);
         add(
             "rate-limit tables",
-            Some(bytes),
+            Some(map_bytes(ips, RATELIMIT_IP_ENTRY)),
             format!(
-                "ratelimit.connection.max_tracked_ips {ips} x {RATELIMIT_IP_ENTRY} B + \
-                 {buckets} bucket(s) per session x {RATELIMIT_CLIENT_BUCKET} B"
+                "IP map of ratelimit.connection.max_tracked_ips {ips} x {RATELIMIT_IP_ENTRY} B \
+                 (per-client buckets: 16 B inside each connection)"
             ),
             "ratelimit.connection.max_tracked_ips".to_owned(),
         );
