@@ -14,7 +14,8 @@ fn ip(a: u8, b: u8, c: u8) -> IpAddr {
 
 const REFUSED_CONN: &str =
     "fluxmq_edge_ratelimit_refused_total{limit=\"connection\",protocol=\"mqtt\"}";
-const REFUSED_MSG: &str = "fluxmq_edge_ratelimit_refused_total{limit=\"message\",protocol=\"mqtt\"}";
+const REFUSED_MSG: &str =
+    "fluxmq_edge_ratelimit_refused_total{limit=\"message\",protocol=\"mqtt\"}";
 const REFUSED_SUB: &str =
     "fluxmq_edge_ratelimit_refused_total{limit=\"subscribe\",protocol=\"mqtt\"}";
 
@@ -258,6 +259,10 @@ fn reload_changes_the_limit_of_a_connected_client_without_reconnecting() {
         assert_eq!(p.pub1("t", b"7"), 0x10);
     }
     p.ping();
-    assert_eq!(b.value("connections_accepted_total"), 1, "never reconnected");
+    assert_eq!(
+        b.value("connections_accepted_total"),
+        1,
+        "never reconnected"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
