@@ -10,6 +10,11 @@
 //! `read_timeout` for the request head, which also bounds how long an idle keep-alive
 //! connection is kept (hyper starts the head timer as soon as it waits for the next
 //! request), and again for the body (408).
+//!
+//! Rate limits (`crate::ratelimit`): the connection limit per source IP at accept (closed
+//! before anything is read); the message limit per keep-alive connection, after
+//! authorization: 429 with `Retry-After`. A client opening a connection per request gets a
+//! fresh message bucket each time and is bounded by the connection limit instead.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -33,6 +38,7 @@ use crate::clock;
 use crate::metrics::{CloseReason, Counter, HttpStatus};
 use crate::protocol::http::{self, Refused, Route};
 use crate::protocol::origin;
+use crate::ratelimit::ClientBuckets;
 
 /// Request head (start line and header fields) cap.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -73,6 +79,10 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // The connection rate limit per source IP, before max_connections.
+        if shared.admit(peer, Protocol::Http).is_err() {
+            continue; // dropping the stream closes it
+        }
         if spec.max_connections > 0 && spec.active.get() >= spec.max_connections {
             shared.metrics.closed(CloseReason::ListenerFull);
             log::warn!(
@@ -98,11 +108,13 @@ where
 {
     spec.active.set(spec.active.get() + 1);
     let _slot = Slot(spec.clone());
+    // This connection's message rate-limit bucket, shared by its requests.
+    let buckets = Rc::new(Cell::new(ClientBuckets::default()));
     let svc = {
         let (shared, spec) = (shared.clone(), spec.clone());
         hyper::service::service_fn(move |req| {
-            let (shared, spec) = (shared.clone(), spec.clone());
-            async move { Ok::<_, Infallible>(handle(&shared, &spec, peer, req).await) }
+            let (shared, spec, buckets) = (shared.clone(), spec.clone(), buckets.clone());
+            async move { Ok::<_, Infallible>(handle(&shared, &spec, peer, req, &buckets).await) }
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
@@ -153,8 +165,9 @@ async fn handle(
     spec: &Spec,
     peer: SocketAddr,
     req: Request<Incoming>,
+    buckets: &Cell<ClientBuckets>,
 ) -> Response<Full<Bytes>> {
-    match publish(shared, spec, peer, req).await {
+    match publish(shared, spec, peer, req, buckets).await {
         Ok(route) => {
             shared.metrics.http(HttpStatus::Ok);
             let body = if route == Route::Health {
@@ -169,11 +182,16 @@ async fn handle(
             shared
                 .metrics
                 .refusal(spec.name.as_str(), refused.body(), &peer, clock::now());
-            reply(
+            let mut r = reply(
                 refused.status(),
                 "text/plain; charset=utf-8",
                 refused.body(),
-            )
+            );
+            if let Refused::RateLimited(secs) = refused {
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            r
         }
     }
 }
@@ -183,6 +201,7 @@ async fn publish(
     spec: &Spec,
     peer: SocketAddr,
     req: Request<Incoming>,
+    buckets: &Cell<ClientBuckets>,
 ) -> Result<Route, Refused> {
     let route = http::route(req.method(), req.uri().path())?;
     if route == Route::Health {
@@ -271,6 +290,16 @@ async fn publish(
         .filter(|s| !s.is_empty());
     let props = origin::message_props("http", &who.client_id, external_id.as_deref(), content_type);
     let now = clock::now();
+    // Rate limit (`ratelimit.message`), after authorization: 429 with Retry-After.
+    let mut b = buckets.get();
+    let limited =
+        shared
+            .broker
+            .borrow()
+            .ratelimit
+            .allow_message(&mut b, Protocol::Http, &who.client_id, now);
+    buckets.set(b);
+    limited.map_err(|r| Refused::RateLimited(r.retry_after_secs()))?;
     let mut broker = shared.broker.borrow_mut();
     let qos = p.qos.min(broker.limits.max_qos);
     let msg = Message::new(&p.topic, &props, &p.payload, qos, p.retain, None, None);

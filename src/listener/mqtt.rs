@@ -75,7 +75,7 @@ pub async fn accept_loop(
             }
         };
         // The connection rate limit per source IP: before max_connections and before
-        // anything is read or written (TLS and WebSocket accept loops make the same call).
+        // anything is read or written (TLS listeners share this loop: before the handshake).
         if shared.admit(peer, Protocol::Mqtt).is_err() {
             continue; // dropping the stream closes it
         }

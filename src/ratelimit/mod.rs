@@ -27,7 +27,8 @@
 //! lowered `max_tracked_ips` and cleared when the connection limit is switched off.
 //!
 //! # The calls each protocol makes (one line per call site)
-//! * **Every TCP listener** (MQTT, MQTT over TLS, HTTP, AMQP 0.9.1, AMQP 1.0), in its accept
+//! * **Every TCP listener** (MQTT and MQTT over TLS: `listener::mqtt::accept_loop`; HTTP:
+//!   `listener::http::accept_loop`; AMQP 0.9.1, AMQP 1.0 when they land), in its accept
 //!   loop right after `accept`, before TLS and before the connection counts against
 //!   `max_connections`: `if shared.admit(peer, Protocol::X).is_err() { continue; }`
 //!   (`listener::Shared::admit`; dropping the stream closes it, nothing is written).
@@ -39,7 +40,8 @@
 //! * **Publish paths**, where the message is about to be routed (after decoding, before the
 //!   core): `broker.ratelimit.allow_message(&mut buckets, Protocol::X, client_id, now)`.
 //!   MQTT: `protocol::mqtt::conn` (v5 QoS 1 PUBACK 0x97, QoS 2 PUBREC 0x97, QoS 0 dropped; v3
-//!   QoS 0 dropped, QoS>0 disconnect). HTTP publish: 429 with `Retry-After`. CoAP publish:
+//!   QoS 0 dropped, QoS>0 disconnect). HTTP publish (`listener::http`, bucket per
+//!   keep-alive connection): 429 with `Retry-After`. CoAP publish:
 //!   4.29 with Max-Age. AMQP 1.0 transfer: rejected disposition `amqp:resource-limit-exceeded`.
 //!   AMQP 0.9.1 basic.publish: `channel.close` 406 (PRECONDITION_FAILED; the protocol has no
 //!   per-message refusal, and connection.blocked would stop every publisher on the

@@ -809,6 +809,25 @@ impl Transport for TcpStream {
     }
 }
 
+/// A TCP connection from source address `src` (any of 127.0.0.0/8 on loopback): std cannot
+/// bind before connecting, tokio's `TcpSocket` can.
+pub fn tcp_from(src: IpAddr, addr: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let s = rt
+        .block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(SocketAddr::new(src, 0))?;
+            sock.connect(addr).await?.into_std()
+        })
+        .expect("connect to the broker from a chosen source address");
+    s.set_nonblocking(false).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
 /// A raw MQTT client: bytes in, frames out.
 pub struct Raw {
     s: Box<dyn Transport>,
@@ -835,28 +854,9 @@ impl Raw {
         }
     }
 
-    /// A TCP connection from source address `src` (any of 127.0.0.0/8 on loopback), nothing
-    /// sent: std cannot bind before connecting, tokio's `TcpSocket` can.
+    /// A TCP connection from source address `src` (any of 127.0.0.0/8), nothing sent.
     pub fn tcp_from(src: IpAddr, addr: SocketAddr) -> Raw {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        let s = rt
-            .block_on(async {
-                let sock = tokio::net::TcpSocket::new_v4()?;
-                sock.bind(SocketAddr::new(src, 0))?;
-                sock.connect(addr).await?.into_std()
-            })
-            .expect("connect to the broker from a chosen source address");
-        s.set_nonblocking(false).unwrap();
-        s.set_nodelay(true).unwrap();
-        Raw {
-            s,
-            buf: Vec::new(),
-            v5: false,
-            next_id: 0,
-        }
+        Raw::over(Box::new(tcp_from(src, addr)))
     }
 
     /// Send CONNECT from `src`; returns the client and the CONNACK, or `None` when the

@@ -266,3 +266,75 @@ fn reload_changes_the_limit_of_a_connected_client_without_reconnecting() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn http_publish_over_the_limit_gets_429_with_retry_after_on_its_connection() {
+    let (b, http) = crate::http::start_http(
+        "",
+        "ratelimit: { enabled: true, connection: { enabled: false }, \
+         message: { rate: 0.01, burst: 2 } }",
+    );
+    // ureq keeps the connection alive between requests: one connection, one bucket.
+    let agent = crate::http::agent();
+    let post = |n: u32| {
+        agent
+            .post(format!("http://{http}/publish"))
+            .header("Content-Type", "application/json")
+            .send(format!(r#"{{"topic":"t/{n}","payload":"eA=="}}"#).as_bytes())
+            .expect("HTTP request")
+    };
+    for n in 1..=2 {
+        let mut r = post(n);
+        assert_eq!(r.status().as_u16(), 200);
+        // Read to the end, so that ureq can reuse the connection.
+        r.body_mut().read_to_string().unwrap();
+    }
+    let mut refused = post(3);
+    assert_eq!(refused.status().as_u16(), 429);
+    // One token every 100 s: retry in 100 s.
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("100")
+    );
+    assert_eq!(
+        refused.body_mut().read_to_string().unwrap(),
+        "rate limit exceeded"
+    );
+    assert_eq!(
+        b.metric("fluxmq_edge_ratelimit_refused_total{limit=\"message\",protocol=\"http\"}"),
+        1
+    );
+    assert_eq!(
+        b.metric("fluxmq_edge_http_responses_total{status=\"429\"}"),
+        1
+    );
+}
+
+#[test]
+fn http_connections_over_the_ip_limit_are_closed_before_any_answer() {
+    let (b, http) = crate::http::start_http(
+        "",
+        "ratelimit: { enabled: true, connection: { rate: 0.01, burst: 2 } }",
+    );
+    let get = |src: IpAddr| {
+        use std::io::{Read, Write};
+        let mut c = tcp_from(src, http);
+        let _ = c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        c.set_read_timeout(Some(T)).unwrap();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got); // EOF or reset
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let a = ip(0, 2, 1);
+    assert!(get(a).starts_with("HTTP/1.1 200"));
+    assert!(get(a).starts_with("HTTP/1.1 200"));
+    assert_eq!(get(a), "", "closed with nothing written");
+    assert!(get(ip(0, 2, 2)).starts_with("HTTP/1.1 200"), "another IP");
+    assert_eq!(
+        b.metric("fluxmq_edge_ratelimit_refused_total{limit=\"connection\",protocol=\"http\"}"),
+        1
+    );
+}

@@ -43,7 +43,8 @@ pub enum Refused {
     NotFound,
     MethodNotAllowed,
     TooLarge,
-    RateLimited,
+    /// Over `ratelimit.*`; the seconds for `Retry-After`.
+    RateLimited(u64),
     Timeout,
     PublishFailed,
 }
@@ -76,7 +77,7 @@ impl Refused {
             NotFound => HttpStatus::NotFound,
             MethodNotAllowed => HttpStatus::MethodNotAllowed,
             TooLarge => HttpStatus::TooLarge,
-            RateLimited => HttpStatus::TooManyRequests,
+            RateLimited(_) => HttpStatus::TooManyRequests,
             Timeout => HttpStatus::RequestTimeout,
             PublishFailed => HttpStatus::InternalError,
         }
@@ -96,7 +97,7 @@ impl Refused {
             NotFound => "not found",
             MethodNotAllowed => "method not allowed",
             TooLarge => "payload too large (broker.max_message_size)",
-            RateLimited => "rate limit exceeded",
+            RateLimited(_) => "rate limit exceeded",
             Timeout => "request timeout",
             PublishFailed => "publish failed",
         }
