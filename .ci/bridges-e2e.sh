@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end test of the bridges with third-party clients: curl publishes over HTTP (JSON
-# and the legacy raw route), and mosquitto_sub (MQTT 5, -F to print the content type and
-# the user properties) must receive each message with its content type and origin.
+# and the legacy raw route) and libcoap's coap-client over CoAP (CON, NON, a block-wise
+# upload), and mosquitto_sub (MQTT 5, -F to print the content type and the user
+# properties) must receive each message with its content type and origin. Then coap-client
+# observes a topic filter (Observe, RFC 7641) and must get what mosquitto_pub publishes,
+# including a message larger than one block (Block2).
 #
 #   .ci/bridges-e2e.sh [binary]     (default target/debug/fluxmq-edge)
 #
-# Needs: curl, mosquitto-clients. Exit status 1 on any mismatch.
+# Needs: curl, mosquitto-clients, libcoap3-bin. Exit status 1 on any mismatch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/debug/fluxmq-edge}
@@ -33,6 +36,8 @@ server:
     v5: { addr: "127.0.0.1:0" }
   http:
     plain: { addr: "127.0.0.1:0" }
+  coap:
+    plain: { addr: "127.0.0.1:0" }
   health_addr: "127.0.0.1:0"
 log: { level: info, format: text }
 YAML
@@ -41,13 +46,16 @@ pid=$!
 port() { sed -n "s/.*$1.* on \(http:\/\/\)\{0,1\}127\.0\.0\.1:\([0-9]*\).*/\2/p" "$work/log" | head -1; }
 for _ in $(seq 1 100); do
   p5=$(port 'server.tcp.v5: MQTT listening'); ph=$(port 'server.http.plain: HTTP publish bridge')
-  [[ -n $p5 && -n $ph ]] && break
+  pc=$(sed -n 's/.*server.coap.plain: CoAP bridge on coap:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/log" | head -1)
+  [[ -n $p5 && -n $ph && -n $pc ]] && break
   sleep 0.1
 done
-[[ -n $p5 && -n $ph ]] || fail "listeners did not come up"
+[[ -n $p5 && -n $ph && -n $pc ]] || fail "listeners did not come up"
+coap=(coap-client-notls)
+command -v coap-client-notls >/dev/null || coap=(coap-client)
 
 # One subscriber for everything, printing topic, content type, user properties, payload.
-mosquitto_sub -h 127.0.0.1 -p "$p5" -V mqttv5 -t 'bridge/#' -t 'm/#' -q 1 -C 2 -W 10 \
+mosquitto_sub -h 127.0.0.1 -p "$p5" -V mqttv5 -t 'bridge/#' -t 'm/#' -q 1 -C 5 -W 10 \
   -F '%t|%C|%P|%p' >"$work/sub" 2>"$work/sub.err" &
 sub=$!
 for _ in $(seq 1 50); do
@@ -64,11 +72,43 @@ curl -sf -X POST "http://127.0.0.1:$ph/m/dom/c/ch/temp?qos=1" -H 'Content-Type: 
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$ph/publish" -d '{')
 [[ $status == 400 ]] || fail "bad JSON answered $status, want 400"
 
-wait "$sub" || fail "mosquitto_sub did not get both messages: $(cat "$work/sub" "$work/sub.err")"
-echo "--- received:"; cat "$work/sub"
+# CoAP: CON with Content-Format 0 and a client id, NON on the legacy path, and a 3000-byte
+# upload in 1024-byte blocks (Block1).
+out=$("${coap[@]}" -m post -t 0 -e 21.5 "coap://127.0.0.1:$pc/bridge/coap?client_id=libcoap") ||
+  fail "coap-client CON POST"
+[[ $out == ok ]] || fail "CON POST answered '$out'"
+"${coap[@]}" -N -m put -e non "coap://127.0.0.1:$pc/mqtt/publish/bridge/non" >/dev/null ||
+  fail "coap-client NON PUT"
+head -c 3000 /dev/zero | tr '\0' 'b' >"$work/big"
+"${coap[@]}" -m post -b 1024 -f "$work/big" "coap://127.0.0.1:$pc/bridge/big" >/dev/null ||
+  fail "coap-client block-wise POST"
+
+wait "$sub" || fail "mosquitto_sub did not get every message: $(cat "$work/sub" "$work/sub.err")"
+echo "--- received:"; cut -c1-100 "$work/sub"
 grep -q '^bridge/http|application/json|protocol:http client_id:curl-1|21.5$' "$work/sub" ||
   fail "JSON publish not received with content type and origin"
 grep -q '^m/dom/c/ch/temp|text/plain|.*|22$' "$work/sub" || fail "raw publish not received"
+grep -q '^bridge/coap|text/plain; charset=utf-8|protocol:coap client_id:libcoap|21.5$' "$work/sub" ||
+  fail "CoAP CON publish not received with content type and origin"
+grep -q '^bridge/non||protocol:coap client_id:coap:127.0.0.1:[0-9]*|non$' "$work/sub" ||
+  fail "CoAP NON publish not received"
+grep -q "^bridge/big||protocol:coap client_id:coap:127.0.0.1:[0-9]*|$(cat "$work/big")\$" "$work/sub" ||
+  fail "CoAP block-wise upload not received whole"
+
+# Observe: coap-client observes obs/+ (5 s); MQTT publishes reach it, one larger than a block.
+"${coap[@]}" -s 5 -B 6 "coap://127.0.0.1:$pc/obs/+" >"$work/obs" 2>"$work/obs.err" &
+obs=$!
+hp=$(port 'server.health_addr: health and metrics')
+for _ in $(seq 1 50); do
+  curl -s "http://127.0.0.1:$hp/metrics" | grep -q '^fluxmq_edge_coap_observers_registered_total 1$' && break
+  sleep 0.1
+done
+mosquitto_pub -h 127.0.0.1 -p "$p5" -V mqttv5 -t obs/a -m hello-observer
+head -c 2500 /dev/zero | tr '\0' 'z' >"$work/bigobs"
+mosquitto_pub -h 127.0.0.1 -p "$p5" -V mqttv5 -t obs/b -f "$work/bigobs"
+wait "$obs" || true
+grep -q hello-observer "$work/obs" || fail "observer did not get the MQTT publish: $(cat "$work/obs" "$work/obs.err")"
+grep -q "$(cat "$work/bigobs")" "$work/obs" || fail "observer did not get the large message whole (Block2)"
 
 kill -TERM "$pid"
 wait "$pid" || fail "broker exit status $?"

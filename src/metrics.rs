@@ -85,6 +85,9 @@ reasons!(
         TlsReloads => "tls_reloads_total",
         TlsReloadFailures => "tls_reload_failures_total",
         RateLimitOverflow => "ratelimit_ip_overflow_total",
+        CoapExchangesEvicted => "coap_exchanges_evicted_total",
+        CoapObserversRegistered => "coap_observers_registered_total",
+        CoapObserversCancelled => "coap_observers_cancelled_total",
     }
 );
 

@@ -16,7 +16,7 @@ use crate::broker::session::QueueLimits;
 use crate::broker::{Broker, Limits};
 use crate::clock;
 use crate::config::{Config, OfflineQueuePolicy};
-use crate::listener::{self, Shared, http, mqtt, tls};
+use crate::listener::{self, Shared, coap, http, mqtt, tls};
 use crate::metrics::Metrics;
 use crate::protocol::mqtt::QoS;
 use crate::protocol::mqtt::ReasonCode;
@@ -250,6 +250,34 @@ async fn serve(
         };
         http_listeners.push((l, Rc::new(spec)));
     }
+    let mut coap_listeners = Vec::new();
+    for (name, slot) in [("server.coap.plain", &cfg.server.coap.plain)] {
+        if slot.addr.is_empty() {
+            continue;
+        }
+        let s = coap::bind(name, &slot.addr)?;
+        let local = s
+            .get_ref()
+            .local_addr()
+            .map_err(|e| format!("{name}.addr: {e}"))?;
+        log::info!("{name}: CoAP bridge on coap://{local}");
+        addrs.insert(name.to_string(), local);
+        let limits = crate::protocol::coap::Limits {
+            max_message_size: cfg.broker.max_message_size as usize,
+            // Exchanges remembered: max_connections (0 = the default, never unbounded).
+            max_exchanges: match slot.max_connections {
+                0 => 10_000,
+                n => n as usize,
+            },
+            max_observers: cfg.broker.coap_max_observers as usize,
+            max_observers_per_peer: cfg.broker.coap_max_observers_per_client as usize,
+        };
+        let spec = coap::Spec {
+            name: name.to_string(),
+            limits,
+        };
+        coap_listeners.push((s, Rc::new(spec)));
+    }
     let health = if cfg.server.health_enabled && !cfg.server.health_addr.is_empty() {
         let l = mqtt::bind("server.health_addr", &cfg.server.health_addr)?;
         let local = l
@@ -268,6 +296,9 @@ async fn serve(
     }
     for (l, spec) in http_listeners {
         tasks.push(ex.spawn(http::accept_loop(ex.clone(), shared.clone(), l, spec)));
+    }
+    for (s, spec) in coap_listeners {
+        tasks.push(ex.spawn(coap::serve(ex.clone(), shared.clone(), s, spec)));
     }
     if let Some(l) = health {
         tasks.push(ex.spawn(listener::health::serve(ex.clone(), shared.clone(), l)));

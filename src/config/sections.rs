@@ -44,6 +44,11 @@ pub struct Broker {
     /// Edge: memory budget of the whole broker; the configuration's worst case must fit
     /// in it. 0 = unlimited.
     pub memory_limit: ByteSize,
+    /// Edge: CoAP observations (RFC 7641) at once, over every endpoint; each is also a
+    /// subscription of its endpoint's session.
+    pub coap_max_observers: u32,
+    /// Edge: CoAP observations of one endpoint (ip:port) at once.
+    pub coap_max_observers_per_client: u32,
 }
 
 impl Default for Broker {
@@ -60,6 +65,8 @@ impl Default for Broker {
             max_keep_alive: 0,
             topic_alias_maximum: 10,
             memory_limit: ByteSize(0),
+            coap_max_observers: 1000,
+            coap_max_observers_per_client: 8,
         }
     }
 }

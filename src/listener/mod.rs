@@ -2,6 +2,7 @@
 //! between sockets and the sans-IO protocol state machines, and the health/metrics HTTP
 //! endpoint. This is the only layer (with `main`) that awaits.
 
+pub mod coap;
 pub mod health;
 pub mod http;
 pub mod mqtt;

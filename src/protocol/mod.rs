@@ -2,6 +2,7 @@
 //! plus a connection state machine that talks to the broker core. Nothing here touches a
 //! socket: the drivers in `listener/` own the I/O.
 
+pub mod coap;
 pub mod http;
 pub mod mqtt;
 pub mod origin;

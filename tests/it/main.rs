@@ -9,6 +9,7 @@
 mod common;
 
 mod caps;
+mod coap;
 mod connect;
 mod health;
 mod http;

@@ -44,7 +44,9 @@ use super::packet::ReasonCode;
 
 pub use decode::{SubscribeIter, UnsubscribeIter, decode};
 pub use encode::{encode, encoded_len, put_varint, varint_len};
-pub use props::{put_binary_property, put_byte_property, put_string_property, put_user_property};
+pub use props::{
+    content_type_of, put_binary_property, put_byte_property, put_string_property, put_user_property,
+};
 
 /// The largest value a Variable Byte Integer holds (4 bytes) [MQTT-1.5.5-1].
 const VARINT_MAX: u32 = 268_435_455;

@@ -368,6 +368,18 @@ fn binary_prop<S: Sink>(s: &mut S, id: u8, v: &[u8]) {
     put_bin(s, v);
 }
 
+/// The Content Type (0x03) of a message property block in wire form (a stored message's
+/// `props()`), for adapters that translate it (CoAP Content-Format).
+pub fn content_type_of(raw: &[u8]) -> Option<&str> {
+    Walk {
+        cur: Cursor::new(raw),
+    }
+    .find_map(|(id, value)| match (id, value) {
+        (CONTENT_TYPE, Value::Str(ct)) => Some(ct),
+        _ => None,
+    })
+}
+
 /// Appends a User Property (0x26) in wire form.
 pub fn put_user_property(out: &mut Vec<u8>, k: &str, v: &str) {
     user_prop(out, k, v);
