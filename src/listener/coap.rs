@@ -6,6 +6,9 @@
 //! socket. An observing endpoint's task waits on its session's signal, turns deliveries
 //! into notifications and retransmits unacknowledged CON notifications (woken by the
 //! server's once-a-second deadline sweep).
+//!
+//! Rate limit: every request that passes the message layer (publish, observe) takes a
+//! token of its source IP's `ratelimit.connection` bucket; refused: 4.29 with Max-Age.
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, UdpSocket};
@@ -122,6 +125,12 @@ async fn send(ctx: &Ctx, d: &[u8], peer: SocketAddr) {
 /// Auth for a request, then complete it. An answer that needs the network is awaited in
 /// a task of its own.
 async fn authorize(ctx: &Rc<Ctx>, req: Request) {
+    // The per-source rate limit (`ratelimit.connection`, per request: UDP has no
+    // connection): 4.29 with Max-Age (RFC 8516).
+    if let Err(r) = ctx.shared.admit(req.peer, Protocol::Coap) {
+        let secs = u32::try_from(r.retry_after_secs()).unwrap_or(u32::MAX);
+        return finish(ctx, req, Verdict::RateLimited(secs)).await;
+    }
     let provider = ctx
         .shared
         .broker

@@ -439,3 +439,19 @@ fn block_wise_upload_and_download() {
     }
     assert_eq!(got, body);
 }
+
+#[test]
+fn over_the_rate_limit_is_4_29_with_max_age() {
+    let (b, coap) = start_coap(
+        "ratelimit: { enabled: true, connection: { enabled: true, rate: 0.01, burst: 2 }, message: { enabled: false }, subscribe: { enabled: false } }",
+    );
+    let mut c = Client::new(coap);
+    assert_eq!(code(&c.post("r", b"1")), ResponseType::Changed);
+    assert_eq!(code(&c.post("r", b"2")), ResponseType::Changed);
+    let r = c.post("r", b"3");
+    assert_eq!(code(&r), ResponseType::TooManyRequests);
+    let max_age = uint(&r, CoapOption::MaxAge).expect("Max-Age");
+    assert!((1..=100).contains(&max_age), "{max_age}");
+    assert_eq!(coap_count(&b, "4.29"), 1);
+    assert_eq!(b.value("messages_received_total"), 2);
+}
