@@ -622,3 +622,37 @@ fn certificate_identity_and_use_identity_as_username() {
         "{line}"
     );
 }
+
+/// The connection rate limit (`ratelimit.connection`) applies before the TLS handshake: a
+/// connection over its IP's limit is closed before the server sends anything, and never
+/// reaches the TLS layer.
+#[test]
+fn connection_rate_limit_closes_before_the_handshake() {
+    let pki = Pki::new("ratelimit");
+    let yaml = format!(
+        "server:\n  health_addr: \"127.0.0.1:0\"\n  tcp:\n    v3: {{ addr: \"\" }}\n    v5: {{ addr: \"\" }}\n    tls: {{ {} }}\n\
+         ratelimit: {{ enabled: true, connection: {{ rate: 0.01, burst: 1 }} }}\n",
+        pki.slot(", client_auth: none")
+    );
+    let cfg = fluxmq_edge::config::load_str(&yaml, "<tls test>").expect("test config is valid");
+    let running = fluxmq_edge::server::spawn(cfg).expect("broker starts");
+    let addr = running.addr("server.tcp.tls");
+    let client = client_config(&pki.ca.der(), None, BOTH);
+    assert!(mqtt_connect(addr, client.clone(), &Connect::v5("first")).is_ok());
+    // Over the limit: the ClientHello gets no answer, the socket is closed.
+    assert!(tls_open(addr, client).is_err());
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    let mut b = [0u8; 16];
+    let n = raw.read(&mut b);
+    assert!(matches!(n, Ok(0) | Err(_)), "closed, got {n:?}");
+    assert_eq!(
+        metric(
+            &running,
+            "fluxmq_edge_ratelimit_refused_total{limit=\"connection\",protocol=\"mqtt\"}"
+        ),
+        2
+    );
+    assert_eq!(metric(&running, &closed_series("tls_handshake_failed")), 0);
+    assert_eq!(metric(&running, &closed_series("tls_handshake_timeout")), 0);
+}
