@@ -35,8 +35,9 @@
 //! * **WebSocket**: the same `shared.admit(peer, Protocol::Mqtt)` at accept, but answer a
 //!   refusal with HTTP 429 before the upgrade (FluxMQ's behaviour; `Retry-After` from
 //!   [`Refusal::retry_after_secs`]).
-//! * **CoAP** (no connection): `shared.admit(src, Protocol::Coap)` for every request datagram;
-//!   refused: 4.29 Too Many Requests (RFC 8516) with Max-Age = `retry_after_secs()`.
+//! * **CoAP** (no connection; `listener::coap`): `shared.admit(src, Protocol::Coap)` for
+//!   every request datagram; refused: 4.29 Too Many Requests (RFC 8516) with Max-Age =
+//!   `retry_after_secs()`.
 //! * **Publish paths**, where the message is about to be routed (after decoding, before the
 //!   core): `broker.ratelimit.allow_message(&mut buckets, Protocol::X, client_id, now)`.
 //!   MQTT: `protocol::mqtt::conn` (v5 QoS 1 PUBACK 0x97, QoS 2 PUBREC 0x97, QoS 0 dropped; v3
