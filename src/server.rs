@@ -231,22 +231,36 @@ async fn serve(
         mqtt_listeners.push((l, Rc::new(spec)));
     }
     let mut http_listeners = Vec::new();
-    for (name, slot) in [("server.http.plain", &cfg.server.http.plain)] {
+    let http_slots = &cfg.server.http;
+    for (name, slot, secure) in [
+        ("server.http.plain", &http_slots.plain, false),
+        ("server.http.tls", &http_slots.tls, true),
+        ("server.http.mtls", &http_slots.mtls, true),
+    ] {
         if slot.addr.is_empty() {
             continue;
         }
+        let tls = if secure {
+            let acceptor = tls::Acceptor::new(name, slot, shared.metrics.clone())?;
+            acceptor.register_reload(&shared, &ex);
+            Some(acceptor)
+        } else {
+            None
+        };
         let l = mqtt::bind(name, &slot.addr)?;
         let local = l
             .get_ref()
             .local_addr()
             .map_err(|e| format!("{name}.addr: {e}"))?;
-        log::info!("{name}: HTTP publish bridge on http://{local}");
+        let scheme = if secure { "https" } else { "http" };
+        log::info!("{name}: HTTP publish bridge on {scheme}://{local}");
         addrs.insert(name.to_string(), local);
         let spec = http::Spec {
             name: name.to_string(),
             max_connections: slot.max_connections as usize,
             read_timeout: slot.read_timeout,
             active: Default::default(),
+            tls,
         };
         http_listeners.push((l, Rc::new(spec)));
     }

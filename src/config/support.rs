@@ -16,6 +16,8 @@ const BUILT_SLOTS: &[&str] = &[
     "server.tcp.tls",
     "server.tcp.mtls",
     "server.http.plain",
+    "server.http.tls",
+    "server.http.mtls",
     "server.coap.plain",
 ];
 
@@ -381,10 +383,6 @@ mod tests {
             (
                 |c| c.server.websocket.mtls.addr = ":8084".into(),
                 "server.websocket.mtls.addr: ",
-            ),
-            (
-                |c| c.server.http.tls.addr = ":8443".into(),
-                "server.http.tls.addr: the HTTP publish bridge",
             ),
             (
                 |c| c.server.coap.dtls.addr = ":5684".into(),

@@ -31,8 +31,8 @@ use hyper::{Request, Response};
 use smol::{Async, LocalExecutor, Timer};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
-use super::Shared;
-use crate::auth::{Answer, Authn, Credentials, Protocol, Secret};
+use super::{Shared, tls};
+use crate::auth::{Answer, Authn, CertIdentity, Credentials, Protocol, Secret};
 use crate::broker::message::Message;
 use crate::clock;
 use crate::metrics::{CloseReason, Counter, HttpStatus};
@@ -50,8 +50,11 @@ pub struct Spec {
     pub name: String,
     /// 0 = unlimited.
     pub max_connections: usize,
+    /// Request head, body and keep-alive idle timeout; zero = none.
     pub read_timeout: Duration,
     pub active: Cell<usize>,
+    /// The TLS layer of `server.http.tls` / `mtls` (`listener::tls`, shared with MQTT).
+    pub tls: Option<Rc<tls::Acceptor>>,
 }
 
 pub async fn accept_loop(
@@ -94,32 +97,56 @@ pub async fn accept_loop(
         }
         let _ = stream.get_ref().set_nodelay(true);
         shared.metrics.add(Counter::ConnectionsAccepted, 1);
-        ex.spawn(serve_conn(stream, peer, shared.clone(), spec.clone()))
-            .detach();
+        // Counted against max_connections from now (while a TLS handshake runs too).
+        let slot = Slot::take(&spec);
+        match spec.tls.clone() {
+            None => ex.spawn(serve_conn(stream, peer, None, shared.clone(), slot)),
+            // The handshake runs in the connection's own task: a slow peer delays no accept.
+            Some(acceptor) => {
+                let shared = shared.clone();
+                ex.spawn(async move {
+                    let timeout = slot.0.read_timeout;
+                    if let Ok((stream, cert)) = acceptor.accept(stream, peer, timeout).await {
+                        serve_conn(stream, peer, cert, shared, slot).await;
+                    } // else counted and logged by the acceptor; dropping it closes the socket
+                })
+            }
+        }
+        .detach();
     }
     log::debug!("{}: accept loop stopped", spec.name);
 }
 
 /// Serve one connection (plain or TLS) until it closes, its idle timeout passes, or the
-/// server shuts down (then the request in progress is finished first).
-pub async fn serve_conn<S>(io: S, peer: SocketAddr, shared: Rc<Shared>, spec: Rc<Spec>)
-where
+/// server shuts down (then the request in progress is finished first). `cert`: the client
+/// certificate verified by an mTLS slot, given to auth with each request.
+async fn serve_conn<S>(
+    io: S,
+    peer: SocketAddr,
+    cert: Option<Rc<CertIdentity>>,
+    shared: Rc<Shared>,
+    slot: Slot,
+) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    spec.active.set(spec.active.get() + 1);
-    let _slot = Slot(spec.clone());
+    let spec = slot.0.clone();
     // This connection's message rate-limit bucket, shared by its requests.
     let buckets = Rc::new(Cell::new(ClientBuckets::default()));
     let svc = {
         let (shared, spec) = (shared.clone(), spec.clone());
         hyper::service::service_fn(move |req| {
             let (shared, spec, buckets) = (shared.clone(), spec.clone(), buckets.clone());
-            async move { Ok::<_, Infallible>(handle(&shared, &spec, peer, req, &buckets).await) }
+            let cert = cert.clone();
+            async move {
+                let r = handle(&shared, &spec, peer, cert, req, &buckets).await;
+                Ok::<_, Infallible>(r)
+            }
         })
     };
+    let timeout = (!spec.read_timeout.is_zero()).then_some(spec.read_timeout);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(SmolTimer::new())
-        .header_read_timeout(spec.read_timeout)
+        .header_read_timeout(timeout)
         .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(MAX_HEADER_BYTES + 8 * 1024)
         .keep_alive(true)
@@ -139,7 +166,7 @@ where
             None => {
                 conn.as_mut().graceful_shutdown();
                 future::or(conn.as_mut(), async {
-                    Timer::after(spec.read_timeout).await;
+                    Timer::after(timeout.unwrap_or(Duration::from_secs(5))).await;
                     Ok(())
                 })
                 .await
@@ -151,8 +178,15 @@ where
     }
 }
 
-/// Frees the connection's place under `max_connections`, however the task ends.
+/// A connection's place under `max_connections`, freed however its task ends.
 struct Slot(Rc<Spec>);
+
+impl Slot {
+    fn take(spec: &Rc<Spec>) -> Slot {
+        spec.active.set(spec.active.get() + 1);
+        Slot(spec.clone())
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -164,10 +198,11 @@ async fn handle(
     shared: &Shared,
     spec: &Spec,
     peer: SocketAddr,
+    cert: Option<Rc<CertIdentity>>,
     req: Request<Incoming>,
     buckets: &Cell<ClientBuckets>,
 ) -> Response<Full<Bytes>> {
-    match publish(shared, spec, peer, req, buckets).await {
+    match publish(shared, spec, peer, cert, req, buckets).await {
         Ok(route) => {
             shared.metrics.http(HttpStatus::Ok);
             let body = if route == Route::Health {
@@ -200,6 +235,7 @@ async fn publish(
     shared: &Shared,
     spec: &Spec,
     peer: SocketAddr,
+    cert: Option<Rc<CertIdentity>>,
     req: Request<Incoming>,
     buckets: &Cell<ClientBuckets>,
 ) -> Result<Route, Refused> {
@@ -225,11 +261,15 @@ async fn publish(
             Err(_) => Err(Refused::BadJson),
         }
     };
-    let body = future::or(read, async {
-        Timer::after(spec.read_timeout).await;
-        Err(Refused::Timeout)
-    })
-    .await?;
+    let body = if spec.read_timeout.is_zero() {
+        read.await?
+    } else {
+        future::or(read, async {
+            Timer::after(spec.read_timeout).await;
+            Err(Refused::Timeout)
+        })
+        .await?
+    };
     shared
         .metrics
         .add(Counter::BytesReceived, body.len() as u64);
@@ -254,7 +294,7 @@ async fn publish(
             client_id: who.client_id.clone(),
             username: who.username.clone(),
             secret: Secret::Token(who.token.clone()),
-            cert: None,
+            cert,
         };
         let authn = match provider.authenticate(Protocol::Http, creds, clock::now()) {
             Answer::Now(a) => a,

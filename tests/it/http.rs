@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -273,4 +274,58 @@ fn idle_and_slow_requests_are_closed_after_read_timeout() {
     let start = std::time::Instant::now();
     assert_eq!(idle.read(&mut buf).unwrap_or(0), 0, "closed when idle");
     assert!(start.elapsed() < T);
+}
+
+/// HTTPS on `server.http.tls` and `server.http.mtls` through the one TLS layer: a rustls
+/// client (ring) sends the request; mTLS refuses a client without a certificate.
+#[test]
+fn publish_over_https_and_mutual_tls() {
+    use crate::tls::{BOTH, Pki, client_config, tls_open};
+    let pki = Pki::new("http");
+    let b = start_yaml(&format!(
+        "server:\n  tcp: {{ v3: {{ addr: \"127.0.0.1:0\" }}, v5: {{ addr: \"127.0.0.1:0\" }} }}\n  health_addr: \"127.0.0.1:0\"\n  http:\n    tls: {{ {} }}\n    mtls: {{ {} }}\n",
+        pki.slot(", client_auth: none"),
+        pki.slot(", client_auth: require"),
+    ));
+    let mut sub = Raw::v5(b.v5, "sub");
+    sub.sub("secure/#", 0);
+    let request = |body: &str| {
+        format!(
+            "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let exchange = |addr, config, body: &str| -> Result<String, String> {
+        let (mut tls, _) = tls_open(addr, config)?;
+        tls.write_all(request(body).as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        tls.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    let anon = client_config(&pki.ca.der(), None, BOTH);
+    let out = exchange(
+        b.addr("server.http.tls"),
+        anon.clone(),
+        r#"{"topic":"secure/tls","payload":"MQ=="}"#,
+    )
+    .expect("HTTPS request");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(sub.recv_publish().topic, "secure/tls");
+    let with_cert = client_config(&pki.ca.der(), Some(pki.good.client_auth()), BOTH);
+    let out = exchange(
+        b.addr("server.http.mtls"),
+        with_cert,
+        r#"{"topic":"secure/mtls","payload":"Mg=="}"#,
+    )
+    .expect("mTLS request");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(sub.recv_publish().topic, "secure/mtls");
+    // No client certificate on the mTLS slot: the handshake (or the first read) fails.
+    let refused = exchange(b.addr("server.http.mtls"), anon, r#"{"topic":"secure/x"}"#);
+    assert!(
+        refused.as_ref().map_or(true, |o| o.is_empty()),
+        "{refused:?}"
+    );
+    sub.expect_nothing(Duration::from_millis(100));
 }

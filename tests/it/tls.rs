@@ -23,7 +23,7 @@ use crate::common::*;
 // ---- the test PKI ------------------------------------------------------------------------
 
 /// A certificate with its key, as PEM (for files) and DER (for the client).
-struct Leaf {
+pub(crate) struct Leaf {
     der: CertificateDer<'static>,
     key: Vec<u8>,
     cert_pem: String,
@@ -31,7 +31,7 @@ struct Leaf {
 }
 
 impl Leaf {
-    fn client_auth(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    pub(crate) fn client_auth(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (
             vec![self.der.clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone())),
@@ -51,7 +51,7 @@ fn sha256_hex(der: &[u8]) -> String {
         .collect()
 }
 
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
@@ -71,7 +71,7 @@ impl Ca {
         self.issuer.pem()
     }
 
-    fn der(&self) -> CertificateDer<'static> {
+    pub(crate) fn der(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
     }
 
@@ -117,17 +117,17 @@ impl Ca {
 }
 
 /// The CA, its server certificate and client certificates, in a fresh temporary directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
-    ca: Ca,
+    pub(crate) ca: Ca,
     server: Leaf,
-    good: Leaf,
+    pub(crate) good: Leaf,
     other_ca: Leaf,
     expired: Leaf,
 }
 
 impl Pki {
-    fn new(test: &str) -> Pki {
+    pub(crate) fn new(test: &str) -> Pki {
         let dir = std::env::temp_dir().join(format!(
             "fluxmq-edge-tls-{test}-{}-{:?}",
             std::process::id(),
@@ -166,7 +166,7 @@ impl Pki {
     }
 
     /// The TLS keys of a listener slot (YAML flow mapping entries).
-    fn slot(&self, extra: &str) -> String {
+    pub(crate) fn slot(&self, extra: &str) -> String {
         format!(
             "addr: \"127.0.0.1:0\", cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\"{extra}",
             self.path("server.pem"),
@@ -186,7 +186,7 @@ impl Drop for Pki {
 
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
-fn client_config(
+pub(crate) fn client_config(
     ca: &CertificateDer<'static>,
     identity: Option<Identity>,
     versions: &[&'static rustls::SupportedProtocolVersion],
@@ -205,7 +205,7 @@ fn client_config(
 }
 
 /// A rustls client stream as a [`Transport`] for [`Raw`].
-struct Tls(StreamOwned<ClientConnection, TcpStream>);
+pub(crate) struct Tls(StreamOwned<ClientConnection, TcpStream>);
 
 impl Read for Tls {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -236,7 +236,7 @@ impl Transport for Tls {
 /// Open TLS to `addr` and finish the client side of the handshake. Returns the stream and
 /// the server's certificate, or the handshake error. (In TLS 1.3 the server checks a client
 /// certificate after the client's side is done: a refusal shows at the first read.)
-fn tls_open(
+pub(crate) fn tls_open(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
 ) -> Result<(Tls, CertificateDer<'static>), String> {
@@ -320,7 +320,7 @@ fn wait_metric(running: &fluxmq_edge::server::Running, series: &str, at_least: u
     });
 }
 
-const BOTH: &[&rustls::SupportedProtocolVersion] =
+pub(crate) const BOTH: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 // ---- tests -------------------------------------------------------------------------------
