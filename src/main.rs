@@ -61,6 +61,10 @@ fn main() -> ExitCode {
         if let Err(e) = budget.check() {
             return fail(&e);
         }
+        // The certificates the TLS listeners would load at start.
+        if let Err(e) = fluxmq_edge::listener::tls::check_files(&cfg) {
+            return fail(&e);
+        }
         eprintln!("configuration OK ({origin})");
         return ExitCode::SUCCESS;
     }

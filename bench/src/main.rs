@@ -12,6 +12,7 @@ mod mqtt;
 mod procstat;
 mod scenarios;
 mod syscount;
+mod tls;
 
 use args::Args;
 use engine::{Outcome, Pattern, RunSpec};
@@ -23,7 +24,7 @@ use std::thread;
 use std::time::Duration;
 
 const USAGE: &str = "\
-usage: loadgen [run|idle-conns|stalled-sub] [options]
+usage: loadgen [run|idle-conns|stalled-sub|tls] [options]
 
 common:   --host 127.0.0.1 (loopback only)  --port 1883  --mqtt 3|5  --broker-pid PID
           --label TEXT  --keepalive 60  --connect-timeout 10
@@ -34,6 +35,9 @@ run:      --pattern 1to1|fanin|fanout|distinct|shared  --pubs N  --subs M  --qos
 idle-conns:  --conns 5000  --batch 50  --settle 2
 stalled-sub: --messages 2000000  --payload 256  --qos 0  --healthy 1  --rate R  --window 500
              --stalled-drain 30
+tls:      --cafile CA.pem  [--cert C.pem --key K.pem]  --server-name localhost
+          --connects 200 (serial full TLS 1.3 connect -> CONNACK)  --conns 1000 (idle)
+          --batch 50  --settle 2
 ";
 
 fn secs(a: &Args, key: &str, default: f64) -> Result<Duration, String> {
@@ -411,6 +415,69 @@ fn mode_stalled(a: &Args, j: &mut JsonLine) -> Result<String, String> {
     Ok(txt)
 }
 
+fn mode_tls(a: &Args, j: &mut JsonLine) -> Result<String, String> {
+    let c = common(a)?;
+    let cert = match (a.opt::<String>("cert")?, a.opt::<String>("key")?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".into()),
+    };
+    let spec = tls::TlsSpec {
+        addr: c.addr,
+        version: c.version,
+        server_name: a.get("server-name", "localhost".to_string())?,
+        cafile: a.opt("cafile")?.ok_or("--cafile is required")?,
+        cert,
+        connects: a.get("connects", 200)?,
+        conns: a.get("conns", 1000)?,
+        batch: a.get("batch", 50)?,
+        settle: secs(a, "settle", 2.0)?,
+        broker_pid: c.broker_pid,
+        keepalive: c.keepalive,
+    };
+    a.finish()?;
+    header(j, "tls", &c);
+    let o = tls::run(&spec).map_err(|e| format!("tls failed: {e}"))?;
+    let q = |p| tls::quantile(&o.connect_us, p);
+    let (median, p90, max) = (q(0.5), q(0.9), q(1.0));
+    j.bool("mtls", spec.cert.is_some())
+        .int("connects", o.connect_us.len() as u64)
+        .int("connect_median_us", median)
+        .int("connect_p90_us", p90)
+        .int("connect_max_us", max)
+        .int("conns", spec.conns as u64)
+        .int("connected", o.connected as u64)
+        .int("failed", o.failed as u64)
+        .str("first_error", o.first_error.as_deref().unwrap_or(""));
+    let mut txt = format!(
+        "tls: {} serial TLS 1.3 connects -> CONNACK: median {:.2} ms, p90 {:.2} ms, max {:.2} ms; \
+         {} of {} idle TLS connections",
+        o.connect_us.len(),
+        median as f64 / 1000.0,
+        p90 as f64 / 1000.0,
+        max as f64 / 1000.0,
+        o.connected,
+        spec.conns
+    );
+    if let Some((b0, b1)) = &o.broker {
+        let grown = b1.rss_kib as f64 - b0.rss_kib as f64;
+        let bpc = per(grown * 1024.0, o.connected as u64);
+        j.int("broker_rss_before_kib", b0.rss_kib)
+            .int("broker_rss_after_kib", b1.rss_kib)
+            .num("broker_bytes_per_tls_conn", bpc);
+        txt += &format!(
+            " | broker RSS {:.1} -> {:.1} MiB = {:.0} bytes/idle TLS conn",
+            mib(b0.rss_kib),
+            mib(b1.rss_kib),
+            bpc
+        );
+    }
+    if let Some(e) = &o.first_error {
+        txt += &format!(" | first error: {e}");
+    }
+    Ok(txt)
+}
+
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.iter().any(|a| a == "--help" || a == "-h") {
@@ -426,6 +493,7 @@ fn main() -> ExitCode {
         "run" => mode_run(&a, &mut j),
         "idle-conns" => mode_idle(&a, &mut j),
         "stalled-sub" => mode_stalled(&a, &mut j),
+        "tls" => mode_tls(&a, &mut j),
         other => Err(format!("unknown mode {other:?}\n{USAGE}")),
     });
     match result {

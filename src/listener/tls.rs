@@ -446,6 +446,19 @@ impl std::fmt::Debug for Acceptor {
     }
 }
 
+/// Load the certificates of every TLS slot that is switched on, as start-up would
+/// (`--check-config`): the first problem, naming the key and the file.
+pub fn check_files(cfg: &Config) -> Result<(), String> {
+    use crate::config::{Family, Security};
+    for (slot, l) in cfg.server.slots() {
+        if l.enabled() && slot.security != Security::Plain && slot.family != Family::Coap {
+            let files = read_files(slot.key, l)?;
+            server_config(slot.key, l, &files)?;
+        }
+    }
+    Ok(())
+}
+
 /// The listener slot of `cfg` with config key `key`.
 fn slot<'a>(cfg: &'a Config, key: &str) -> Option<&'a Listener> {
     cfg.server
@@ -453,4 +466,118 @@ fn slot<'a>(cfg: &'a Config, key: &str) -> Option<&'a Listener> {
         .into_iter()
         .find(|(s, _)| s.key == key)
         .map(|(_, l)| l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    fn files(dir: &std::path::Path, cert_pem: &str, key_pem: &str) -> Listener {
+        std::fs::write(dir.join("c.pem"), cert_pem).unwrap();
+        std::fs::write(dir.join("k.pem"), key_pem).unwrap();
+        Listener {
+            addr: "127.0.0.1:0".into(),
+            cert_file: dir.join("c.pem").display().to_string(),
+            key_file: dir.join("k.pem").display().to_string(),
+            ..Listener::default()
+        }
+    }
+
+    /// Every way the files can be wrong is an error naming the key and the file.
+    #[test]
+    fn bad_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("fluxmq-edge-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = KeyPair::generate().unwrap();
+        let build = |l: &Listener| {
+            read_files("server.tcp.tls", l).and_then(|f| server_config("server.tcp.tls", l, &f))
+        };
+        let good = files(&dir, &cert.pem(), &key.serialize_pem());
+        build(&good).expect("a matching pair loads");
+        let mut cfg = Config::default();
+        cfg.server.tcp.tls = good.clone();
+        check_files(&cfg).expect("check_files loads it too");
+
+        let (c, k, o) = (cert.pem(), key.serialize_pem(), other.serialize_pem());
+        let missing = dir.join("missing.pem").display().to_string();
+        // (certificate PEM, key PEM, client_auth, cert_file override, expected error start)
+        let cases: &[(&str, &str, &str, Option<&str>, &str)] = &[
+            (
+                &c,
+                &k,
+                "",
+                Some(&missing),
+                "server.tcp.tls.cert_file: cannot read",
+            ),
+            (
+                "no PEM here\n",
+                &k,
+                "",
+                None,
+                "server.tcp.tls.cert_file: no CERTIFICATE in",
+            ),
+            (
+                &c,
+                "-----BEGIN PRIVATE KEY-----\n!!\n",
+                "",
+                None,
+                "server.tcp.tls.key_file: no usable private key in",
+            ),
+            (&c, &o, "", None, "server.tcp.tls.key_file: "),
+            (
+                &c,
+                &k,
+                "require",
+                None,
+                "server.tcp.tls.ca_file: required for client_auth",
+            ),
+        ];
+        for &(cert_pem, key_pem, auth, cert_file, want) in cases {
+            let mut l = files(&dir, cert_pem, key_pem);
+            l.client_auth = auth.into();
+            if let Some(f) = cert_file {
+                l.cert_file = f.into();
+            }
+            let e = build(&l).expect_err(want);
+            assert!(e.starts_with(want), "{e}");
+        }
+        // The mismatched key names both files.
+        let e = build(&files(&dir, &cert.pem(), &other.serialize_pem())).unwrap_err();
+        assert!(
+            e.contains("k.pem") && e.contains("c.pem") && e.contains("does not go with"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cipher_suites_narrow_tls12_only() {
+        let all = provider(&Listener::default()).unwrap();
+        assert_eq!(all.cipher_suites.len(), 9);
+        let l = Listener {
+            cipher_suites: vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into()],
+            ..Listener::default()
+        };
+        let narrowed = provider(&l).unwrap();
+        let names: Vec<String> = narrowed
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "TLS13_AES_256_GCM_SHA384",
+                "TLS13_AES_128_GCM_SHA256",
+                "TLS13_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+            ]
+        );
+    }
 }

@@ -268,6 +268,26 @@ server:
     assert_eq!(b.closed("connect_timeout"), 2);
 }
 
+/// `read_timeout: 0s` means no limit (full.yaml): a connection may wait for its CONNECT.
+#[test]
+fn read_timeout_zero_means_no_connect_deadline() {
+    let b = start_yaml(
+        r#"
+server:
+  tcp:
+    v3: { addr: "127.0.0.1:0", read_timeout: 0s }
+    v5: { addr: "127.0.0.1:0" }
+  health_addr: "127.0.0.1:0"
+"#,
+    );
+    let mut late = Raw::tcp(b.v3);
+    // Longer than the deadline sweep's period: a deadline of "now" would have closed it.
+    late.expect_nothing(Duration::from_millis(1300));
+    late.send(&Connect::v3("late").bytes());
+    assert_eq!(late.next().connack(false).code, 0);
+    assert_eq!(b.closed("connect_timeout"), 0);
+}
+
 #[test]
 fn clean_session_v3_keeps_or_discards_the_session_mqtt_3_1_2_4_and_3_1_2_6() {
     let b = start("");

@@ -83,7 +83,8 @@ pub struct Conn {
     max_frame: usize,
     /// Stop pulling deliveries and reading input at this much unwritten output.
     high_water: usize,
-    connect_deadline: Instant,
+    /// CONNECT must arrive by then (`read_timeout`; `None` when it is 0 = no limit).
+    connect_deadline: Option<Instant>,
     /// Keep-alive in seconds (0 = none).
     keep_alive: u16,
     last_rx: Instant,
@@ -141,7 +142,7 @@ impl Conn {
             out: Vec::new(),
             max_frame: max_frame(max_message_size),
             high_water: out_high_water(max_message_size),
-            connect_deadline: now + read_timeout,
+            connect_deadline: (!read_timeout.is_zero()).then(|| now + read_timeout),
             keep_alive: 0,
             last_rx: now,
             receive_max: u16::MAX,
@@ -355,7 +356,7 @@ impl Conn {
             return None;
         }
         let Some(a) = &self.session else {
-            return Some(self.connect_deadline);
+            return self.connect_deadline;
         };
         let mut next = None;
         if self.keep_alive > 0 {
@@ -375,7 +376,7 @@ impl Conn {
             return;
         }
         let Some(a) = &self.session else {
-            if now >= self.connect_deadline {
+            if self.connect_deadline.is_some_and(|d| now >= d) {
                 log::info!(
                     "connection from {} closed: no CONNECT within read_timeout",
                     self.peer
