@@ -428,7 +428,7 @@ impl Acceptor {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             log::info!(
-                "{}: TLS handshake with {peer} failed: {e} ({pending} failure(s) since the \
+                "{}: TLS handshake with {peer} failed: {e} ({pending} handshake failure(s) since the \
                  last line)",
                 self.key
             );

@@ -540,6 +540,27 @@ fn silent_peer_is_closed_after_read_timeout() {
     assert!(mqtt_connect(addr, cfg, &Connect::v5("after")).is_ok());
 }
 
+/// The handshake runs in the connection's own task: a peer that never sends its
+/// ClientHello delays no other client (with a 30 s read_timeout, a blocked accept loop would
+/// make the second client miss the 5 s wait).
+#[test]
+fn a_silent_peer_does_not_delay_other_handshakes() {
+    let pki = Pki::new("nodelay");
+    let running = start(
+        &pki.slot(", client_auth: none, read_timeout: 30s"),
+        "addr: \"\"",
+    );
+    let addr = running.addr("server.tcp.tls");
+    let _silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let cfg = client_config(&pki.ca.der(), None, BOTH);
+    let mut a = mqtt_connect(addr, cfg.clone(), &Connect::v5("a")).expect("served at once");
+    let mut b = mqtt_connect(addr, cfg, &Connect::v3("b")).expect("served at once");
+    b.sub("nodelay/#", 0);
+    a.send(&Pub::new("nodelay/x", b"1").bytes(true));
+    assert_eq!(b.recv_publish().payload, b"1");
+    assert_eq!(metric(&running, &closed_series("tls_handshake_timeout")), 0);
+}
+
 // ---- identity: seen in the connection's log line -------------------------------------------
 
 /// Collects the broker's connection log lines (the `conn` module at debug level).
