@@ -6,3 +6,4 @@ pub mod coap;
 pub mod http;
 pub mod mqtt;
 pub mod origin;
+pub mod ws;
