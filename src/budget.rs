@@ -100,6 +100,10 @@ pub const AUTH_CACHE_DEFAULT: u64 = 10_000;
 pub const RUNTIME_BASE: u64 = 256 * 1024;
 /// Header and rounding of one heap allocation (glibc and musl malloc).
 pub const ALLOC: u64 = 16;
+/// What a WebSocket adds to a connection: `WsStream`'s own fields (measured by
+/// `ws_constant_covers_the_stream`), two control frames owed (a pong behind one partly
+/// written, each at most 127 bytes) and one control frame's payload being read (125 bytes).
+pub const WS_CONNECTION: u64 = 192 + 2 * (127 + ALLOC) + 125 + ALLOC;
 /// `Rc` strong and weak counts.
 const RC_HEADER: u64 = 2 * size_of::<usize>() as u64;
 
@@ -327,6 +331,34 @@ pub fn worst_case(cfg: &Config) -> Budget {
         ),
         format!("{conn_keys} or broker.max_message_size"),
     );
+    // WebSocket connections are counted above like any connection; framing adds the state
+    // of `listener::ws::WsStream` and the control frames it may owe. The upgrade request
+    // buffer (at most `handshake::MAX_REQUEST`) is freed before the connection has an MQTT
+    // partial packet or output, and is smaller than those (`ws_handshake_fits_in_the_mqtt_terms`).
+    let mut ws_conns: Option<u64> = Some(0);
+    let mut ws_keys = Vec::new();
+    for (slot, l) in cfg.server.slots() {
+        if l.enabled() && slot.family == Family::MqttWebSocket {
+            ws_keys.push(format!("{}.max_connections", slot.key));
+            ws_conns = match (ws_conns, l.max_connections) {
+                (_, 0) | (None, _) => None,
+                (Some(n), m) => Some(n + u64::from(m)),
+            };
+        }
+    }
+    if !ws_keys.is_empty() {
+        add(
+            "WebSocket framing",
+            ws_conns.map(|n| mul(n, WS_CONNECTION)),
+            match ws_conns {
+                Some(n) => format!(
+                    "{n} WebSocket connections x {WS_CONNECTION} B (stream state, a pong and a                      close frame owed, a control frame's payload)"
+                ),
+                None => "unlimited WebSocket connections (max_connections 0)".to_owned(),
+            },
+            ws_keys.join(", "),
+        );
+    }
     add(
         "read buffer",
         Some(READ_BUF as u64 + ALLOC),
@@ -831,6 +863,43 @@ mod tests {
         assert!(
             task + 256 <= TLS_TASK,
             "the TLS connection task is {task} B: raise budget::TLS_TASK"
+        );
+    }
+
+    #[test]
+    fn ws_constant_covers_the_stream() {
+        use crate::listener::ws::WsStream;
+        type Tcp = smol::Async<std::net::TcpStream>;
+        let own = (size_of::<WsStream<Tcp>>() - size_of::<Tcp>()) as u64;
+        eprintln!("WsStream adds {own} B");
+        assert!(
+            own <= 192,
+            "WsStream adds {own} B: raise budget::WS_CONNECTION"
+        );
+        let task = size_of::<crate::listener::mqtt::Connection<WsStream<Tcp>>>() as u64;
+        assert!(
+            task + 256 <= DRIVER_TASK,
+            "{task} B: raise budget::DRIVER_TASK"
+        );
+    }
+
+    #[test]
+    fn ws_handshake_fits_in_the_mqtt_terms() {
+        // The smallest partial packet + output a connection may hold, against the upgrade
+        // request buffer it held before: the budget's per-connection terms cover both.
+        let small = crate::protocol::mqtt::conn::max_frame(0)
+            + crate::protocol::mqtt::conn::out_high_water(0);
+        assert!(crate::protocol::ws::handshake::MAX_REQUEST <= small);
+        let mut cfg = Config::default();
+        cfg.server.websocket.v3.addr = ":8083".into();
+        cfg.server.websocket.v3.max_connections = 10;
+        let ws = worst_case(&cfg);
+        let c = ws.get("WebSocket framing").expect("a WebSocket term");
+        assert_eq!(c.bytes, Some(10 * WS_CONNECTION));
+        assert!(
+            worst_case(&Config::default())
+                .get("WebSocket framing")
+                .is_none()
         );
     }
 }

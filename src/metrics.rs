@@ -66,6 +66,14 @@ reasons!(
         TlsHandshakeTimeout => "tls_handshake_timeout",
         TlsHandshakeFailed => "tls_handshake_failed",
         RateLimited => "rate_limited",
+        WsHandshakeTimeout => "ws_handshake_timeout",
+        WsBadRequest => "ws_bad_request",
+        WsRequestTooLarge => "ws_request_too_large",
+        WsPathNotFound => "ws_path_not_found",
+        WsOriginForbidden => "ws_origin_forbidden",
+        WsProtocolError => "ws_protocol_error",
+        WsTextFrame => "ws_text_frame",
+        WsFrameTooLarge => "ws_frame_too_large",
     }
 );
 

@@ -16,7 +16,7 @@ use crate::broker::session::QueueLimits;
 use crate::broker::{Broker, Limits};
 use crate::clock;
 use crate::config::{Config, OfflineQueuePolicy};
-use crate::listener::{self, Shared, coap, http, mqtt, tls};
+use crate::listener::{self, Shared, coap, http, mqtt, tls, ws};
 use crate::metrics::Metrics;
 use crate::protocol::mqtt::QoS;
 use crate::protocol::mqtt::ReasonCode;
@@ -180,12 +180,17 @@ async fn serve(
     let mut addrs = BTreeMap::new();
     // Bind everything first, so that a bad address fails start-up before anything serves.
     let mut mqtt_listeners = Vec::new();
-    let tcp = &cfg.server.tcp;
-    for (name, slot, secure) in [
-        ("server.tcp.v3", &tcp.v3, false),
-        ("server.tcp.v5", &tcp.v5, false),
-        ("server.tcp.tls", &tcp.tls, true),
-        ("server.tcp.mtls", &tcp.mtls, true),
+    let mut ws_listeners = Vec::new();
+    let (tcp, websocket) = (&cfg.server.tcp, &cfg.server.websocket);
+    for (name, slot, secure, is_ws) in [
+        ("server.tcp.v3", &tcp.v3, false, false),
+        ("server.tcp.v5", &tcp.v5, false, false),
+        ("server.tcp.tls", &tcp.tls, true, false),
+        ("server.tcp.mtls", &tcp.mtls, true, false),
+        ("server.websocket.v3", &websocket.v3, false, true),
+        ("server.websocket.v5", &websocket.v5, false, true),
+        ("server.websocket.tls", &websocket.tls, true, true),
+        ("server.websocket.mtls", &websocket.mtls, true, true),
     ] {
         if slot.addr.is_empty() {
             continue;
@@ -209,6 +214,13 @@ async fn serve(
             .local_addr()
             .map_err(|e| format!("{name}.addr: {e}"))?;
         log::info!("{name}: MQTT listening on {local}");
+        if is_ws {
+            let scheme = if secure { "wss" } else { "ws" };
+            log::info!(
+                "{name}: WebSocket upgrade at {scheme}://{local}{}",
+                slot.path
+            );
+        }
         if secure {
             log::info!(
                 "{name}: TLS, client_auth {:?}, protocol {}",
@@ -228,7 +240,16 @@ async fn serve(
             tls,
             use_identity_as_username: slot.use_identity_as_username,
         };
-        mqtt_listeners.push((l, Rc::new(spec)));
+        if is_ws {
+            let spec = ws::Spec {
+                mqtt: Rc::new(spec),
+                path: slot.path.clone(),
+                allowed_origins: slot.allowed_origins.clone(),
+            };
+            ws_listeners.push((l, Rc::new(spec)));
+        } else {
+            mqtt_listeners.push((l, Rc::new(spec)));
+        }
     }
     let mut http_listeners = Vec::new();
     let http_slots = &cfg.server.http;
@@ -307,6 +328,9 @@ async fn serve(
     let mut tasks = Vec::new();
     for (l, spec) in mqtt_listeners {
         tasks.push(ex.spawn(mqtt::accept_loop(ex.clone(), shared.clone(), l, spec)));
+    }
+    for (l, spec) in ws_listeners {
+        tasks.push(ex.spawn(ws::accept_loop(ex.clone(), shared.clone(), l, spec)));
     }
     for (l, spec) in http_listeners {
         tasks.push(ex.spawn(http::accept_loop(ex.clone(), shared.clone(), l, spec)));

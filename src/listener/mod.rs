@@ -1,12 +1,14 @@
 //! The I/O edge: accept loops with their caps, the per-connection drivers that move bytes
-//! between sockets and the sans-IO protocol state machines, and the health/metrics HTTP
-//! endpoint. This is the only layer (with `main`) that awaits.
+//! between sockets and the sans-IO protocol state machines, the transports layered under
+//! them (WebSocket), and the health/metrics HTTP endpoint. This is the only layer (with
+//! `main`) that awaits.
 
 pub mod coap;
 pub mod health;
 pub mod http;
 pub mod mqtt;
 pub mod tls;
+pub mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use crate::broker::Broker;
 use crate::broker::session::Signal;
 use crate::clock;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{CloseReason, Metrics};
 use crate::ratelimit::{IpLimiter, Refusal};
 
 /// What every listener task shares: the core, the metrics, the shared read buffer, and the
@@ -120,4 +122,38 @@ impl Shared {
             s.wake_if_due(now);
         }
     }
+}
+
+/// An I/O error raised by a transport that knows why the connection ends (a WebSocket
+/// protocol violation, an oversize frame): the driver counts this reason instead of
+/// `io_error`.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: CloseReason,
+    pub why: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Refused {
+    pub fn io(reason: CloseReason, why: impl Into<String>) -> std::io::Error {
+        std::io::Error::other(Refused {
+            reason,
+            why: why.into(),
+        })
+    }
+}
+
+/// The close reason an I/O error stands for: a transport's [`Refused`] reason, else
+/// `io_error`.
+pub fn close_reason(e: &std::io::Error) -> CloseReason {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Refused>())
+        .map_or(CloseReason::IoError, |r| r.reason)
 }

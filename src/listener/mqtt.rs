@@ -20,7 +20,7 @@ use futures_lite::{AsyncRead, AsyncWrite, future};
 use smol::{Async, LocalExecutor, Timer};
 
 use super::{Shared, tls};
-use crate::auth::{Pending, Protocol};
+use crate::auth::{CertIdentity, Pending, Protocol};
 use crate::broker::session::Signal;
 use crate::clock;
 use crate::metrics::{CloseReason, Counter};
@@ -53,6 +53,39 @@ pub async fn accept_loop(
     shared: Rc<Shared>,
     listener: Async<TcpListener>,
     spec: Rc<Spec>,
+) {
+    accept_each(&shared, &listener, &spec, |stream, peer| match &spec.tls {
+        None => ex
+            .spawn(Connection::new(
+                stream,
+                peer,
+                shared.clone(),
+                spec.clone(),
+                clock::now(),
+            ))
+            .detach(),
+        // The handshake runs in the connection's own task: a slow peer delays no accept.
+        // Counted against max_connections from now, while it handshakes.
+        Some(acceptor) => ex
+            .spawn(serve_tls(
+                acceptor.clone(),
+                stream,
+                peer,
+                shared.clone(),
+                Handshaking::new(spec.clone()),
+            ))
+            .detach(),
+    })
+    .await;
+}
+
+/// Accept until shutdown; each connection under the cap (with `TCP_NODELAY` set) goes to
+/// `serve`, which spawns its task. Shared by the MQTT and WebSocket listeners.
+pub async fn accept_each(
+    shared: &Shared,
+    listener: &Async<TcpListener>,
+    spec: &Spec,
+    mut serve: impl FnMut(Async<TcpStream>, SocketAddr),
 ) {
     loop {
         let stop = shared.shutdown.listen();
@@ -92,28 +125,7 @@ pub async fn accept_loop(
             log::debug!("{}: TCP_NODELAY on {peer}: {e}", spec.name);
         }
         shared.metrics.add(Counter::ConnectionsAccepted, 1);
-        match &spec.tls {
-            None => ex
-                .spawn(Connection::new(
-                    stream,
-                    peer,
-                    shared.clone(),
-                    spec.clone(),
-                    clock::now(),
-                ))
-                .detach(),
-            // The handshake runs in the connection's own task: a slow peer delays no accept.
-            // Counted against max_connections from now, while it handshakes.
-            Some(acceptor) => ex
-                .spawn(serve_tls(
-                    acceptor.clone(),
-                    stream,
-                    peer,
-                    shared.clone(),
-                    Handshaking::new(spec.clone()),
-                ))
-                .detach(),
-        }
+        serve(stream, peer);
     }
     log::debug!("{}: accept loop stopped", spec.name);
 }
@@ -173,11 +185,12 @@ fn unreachable_handshaking() -> Handshaking {
     unreachable!("only the type is used")
 }
 
-/// Counts a connection still in its TLS handshake against the listener's `max_connections`.
-struct Handshaking(Rc<Spec>);
+/// Counts a connection still in its handshake (TLS, WebSocket upgrade) against the
+/// listener's `max_connections`.
+pub struct Handshaking(Rc<Spec>);
 
 impl Handshaking {
-    fn new(spec: Rc<Spec>) -> Handshaking {
+    pub fn new(spec: Rc<Spec>) -> Handshaking {
         spec.active.set(spec.active.get() + 1);
         Handshaking(spec)
     }
@@ -253,6 +266,13 @@ impl<S> Connection<S> {
     }
 }
 
+impl<S> Connection<S> {
+    /// Attach the verified client certificate's identity (TLS transports).
+    pub fn set_cert(&mut self, identity: Option<Rc<CertIdentity>>, as_username: bool) {
+        self.conn.set_cert(identity, as_username);
+    }
+}
+
 impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
         if !self.conn.is_closed() {
@@ -310,17 +330,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         metrics.add(Counter::BytesSent, n as u64);
                     }
                     Poll::Ready(result) => {
+                        let mut why = CloseReason::IoError;
                         if let Err(e) = result {
                             log::debug!(
                                 "client {:?} from {peer}: write failed: {e}",
                                 conn.client_id()
                             );
+                            why = super::close_reason(&e);
                         }
-                        conn.close(
-                            CloseReason::IoError,
-                            &mut shared.broker.borrow_mut(),
-                            Some(clock::now()),
-                        );
+                        conn.close(why, &mut shared.broker.borrow_mut(), Some(clock::now()));
                         return Poll::Ready(());
                     }
                     Poll::Pending => {
@@ -377,11 +395,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         }
                         Poll::Ready(Ok(n)) => conn.handle_input(&buf[..n], &mut broker, now),
                         Poll::Ready(Err(e)) => {
-                            log::debug!(
-                                "client {:?} from {peer}: read failed: {e}",
-                                conn.client_id()
-                            );
-                            conn.close(CloseReason::IoError, &mut broker, Some(now));
+                            let why = super::close_reason(&e);
+                            if why == CloseReason::IoError {
+                                log::debug!(
+                                    "client {:?} from {peer}: read failed: {e}",
+                                    conn.client_id()
+                                );
+                            } else {
+                                log::info!("client {:?} from {peer}: {e}", conn.client_id());
+                            }
+                            conn.close(why, &mut broker, Some(now));
                         }
                         Poll::Pending => reads = READS_PER_POLL + 1,
                     }

@@ -828,6 +828,28 @@ pub fn tcp_from(src: IpAddr, addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// The first complete MQTT packet of `buf`, removed from it.
+pub fn take_packet(buf: &mut Vec<u8>) -> Option<Pkt> {
+    let mut len = 0usize;
+    let mut i = 1;
+    loop {
+        let b = *buf.get(i)?;
+        len |= usize::from(b & 0x7f) << (7 * (i - 1));
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        assert!(i <= 4, "remaining length over 4 bytes from the broker");
+    }
+    if buf.len() < i + len {
+        return None;
+    }
+    let first = buf[0];
+    let body = buf[i..i + len].to_vec();
+    buf.drain(..i + len);
+    Some(Pkt { first, body })
+}
+
 /// A raw MQTT client: bytes in, frames out.
 pub struct Raw {
     s: Box<dyn Transport>,
@@ -917,24 +939,7 @@ impl Raw {
     }
 
     fn take_frame(&mut self) -> Option<Pkt> {
-        let mut len = 0usize;
-        let mut i = 1;
-        loop {
-            let b = *self.buf.get(i)?;
-            len |= usize::from(b & 0x7f) << (7 * (i - 1));
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            assert!(i <= 4, "remaining length over 4 bytes from the broker");
-        }
-        if self.buf.len() < i + len {
-            return None;
-        }
-        let first = self.buf[0];
-        let body = self.buf[i..i + len].to_vec();
-        self.buf.drain(..i + len);
-        Some(Pkt { first, body })
+        take_packet(&mut self.buf)
     }
 
     /// The next packet, `Closed` on EOF or reset, `Timeout` after `timeout`.

@@ -22,4 +22,5 @@ mod session;
 mod subscribe;
 mod tls;
 mod v5_features;
+mod websocket;
 mod will;

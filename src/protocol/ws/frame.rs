@@ -518,6 +518,35 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A peer controls every byte: whatever it sends ends in data, control or an error.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let mut d = Decoder::new(256);
+            for _ in 0..8 {
+                let len = (next() % 40) as usize;
+                let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if let Some(b) = buf.first_mut() {
+                    *b = [0x82, 0x02, 0x80, 0x89, 0x88, 0x8a][(next() % 6) as usize];
+                }
+                if let Some(b) = buf.get_mut(1) {
+                    *b |= 0x80; // mostly masked, to get past the header
+                }
+                match d.decode(&mut buf) {
+                    Ok(got) => assert!(got.data <= len),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    #[test]
     fn server_headers() {
         let h = |len| {
             let mut h = [0; MAX_HEADER];

@@ -216,19 +216,14 @@ pub fn origin_allowed(origin: &[u8], allowed: &[String]) -> bool {
     let Ok(origin) = std::str::from_utf8(origin.trim_ascii()) else {
         return false;
     };
-    let host = origin
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .and_then(|rest| {
-            let authority = rest.split('/').next().unwrap_or_default();
-            // Strip a port, but not the colons of a bracketed IPv6 literal.
-            match authority.rsplit_once(':') {
-                Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-                    Some(h)
-                }
-                _ => Some(authority),
-            }
-        });
+    let host = origin.split_once("://").map(|(_, rest)| {
+        let authority = rest.split('/').next().unwrap_or_default();
+        // Strip a port, but not the colons of a bracketed IPv6 literal.
+        match authority.rsplit_once(':') {
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        }
+    });
     allowed.iter().any(|rule| match rule.strip_prefix("*.") {
         Some(domain) => host.is_some_and(|h| {
             h.len() > domain.len() + 1
