@@ -21,6 +21,8 @@ const BUILT_SLOTS: &[&str] = &[
     "server.coap.plain",
     "server.websocket.v3",
     "server.websocket.v5",
+    "server.websocket.tls",
+    "server.websocket.mtls",
 ];
 
 /// Why the DTLS slots are refused (see the report of issue 6): the sans-IO DTLS library
@@ -382,10 +384,6 @@ mod tests {
     fn unbuilt_features_are_refused_by_key() {
         type Edit = fn(&mut Config);
         let cases: &[(Edit, &str)] = &[
-            (
-                |c| c.server.websocket.mtls.addr = ":8084".into(),
-                "server.websocket.mtls.addr: MQTT over WebSocket",
-            ),
             (
                 |c| c.server.coap.dtls.addr = ":5684".into(),
                 "server.coap.dtls.addr: CoAP over DTLS is not built yet",

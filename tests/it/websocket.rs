@@ -258,36 +258,41 @@ fn handshake_counts_against_read_timeout() {
 
 // ---- frames ----------------------------------------------------------------------------------
 
-/// A raw WebSocket client (tungstenite) carrying hand-written MQTT packets.
+/// A raw WebSocket client (tungstenite, over TCP or TLS) carrying hand-written MQTT packets.
 struct WsRaw {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Box<dyn Transport>>,
     buf: Vec<u8>,
 }
 
 impl WsRaw {
     /// Upgrade (with `Origin: origins[0]` if given).
     fn connect(addr: SocketAddr, origins: &[&str]) -> WsRaw {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        WsRaw::upgrade(Box::new(s), &url(addr), origins).expect("upgrade")
+    }
+
+    /// Upgrade over an open transport (a TLS stream for wss).
+    fn upgrade(s: Box<dyn Transport>, url: &str, origins: &[&str]) -> Result<WsRaw, String> {
         use tungstenite::client::IntoClientRequest;
-        let mut req = url(addr).into_client_request().unwrap();
+        let mut req = url.into_client_request().unwrap();
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
         if let Some(o) = origins.first() {
             req.headers_mut().insert("Origin", o.parse().unwrap());
         }
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        s.set_read_timeout(Some(T)).unwrap();
-        let (ws, resp) = tungstenite::client::client(req, s).expect("upgrade");
+        let (ws, resp) = tungstenite::client::client(req, s).map_err(|e| e.to_string())?;
         assert_eq!(
             resp.headers()
                 .get("Sec-WebSocket-Protocol")
                 .map(|v| v.as_bytes()),
             Some(&b"mqtt"[..])
         );
-        WsRaw {
+        Ok(WsRaw {
             ws,
             buf: Vec::new(),
-        }
+        })
     }
 
     /// Connect and complete an MQTT CONNECT.
@@ -487,4 +492,132 @@ fn connections_still_upgrading_count_toward_max_connections() {
         s.read_exact(&mut head).ok()?;
         (&head == b"HTTP/1.1 101").then_some(())
     });
+}
+
+// ---- wss -----------------------------------------------------------------------------------
+
+mod wss {
+    use super::*;
+    use crate::tls::{BOTH, Pki, client_config, tls_open};
+
+    const TLS: &str = "server.websocket.tls";
+    const MTLS: &str = "server.websocket.mtls";
+
+    /// A broker with the wss slots of `pki` (and TCP v3 for the common helpers).
+    fn broker(pki: &Pki, tls: &str, mtls: &str) -> Broker {
+        start_yaml(&format!(
+            "server:\n  tcp: {{ v3: {{ addr: \"127.0.0.1:0\" }}, v5: {{ addr: \"127.0.0.1:0\" }} }}\n  \
+             websocket:\n    tls: {{ {} }}\n    mtls: {{ {} }}\n  health_addr: \"127.0.0.1:0\"\n",
+            pki.slot(&format!(", client_auth: none{tls}")),
+            pki.slot(mtls),
+        ))
+    }
+
+    fn wss(addr: SocketAddr) -> String {
+        format!("wss://{addr}/mqtt")
+    }
+
+    fn rumqttc_tls(pki: &Pki) -> rumqttc::Transport {
+        rumqttc::Transport::wss(pki.ca.pem().into_bytes(), None, None)
+    }
+
+    /// `protocol: auto` (the tls slot's default): a 3.1.1 subscriber and an MQTT 5
+    /// publisher, both rumqttc over wss, on one listener.
+    #[test]
+    fn rumqttc_over_wss_with_protocol_auto() {
+        let pki = Pki::new("wss-auto");
+        let b = broker(&pki, "", "");
+        let addr = b.addr(TLS);
+        let mut o = rumqttc::MqttOptions::new("wss-v3", wss(addr), addr.port());
+        o.set_transport(rumqttc_tls(&pki));
+        o.set_keep_alive(Duration::from_secs(30));
+        let (sub, _) = V3::connect(o);
+        sub.subscribe("wss/#", rumqttc::QoS::AtLeastOnce);
+        let mut o = rumqttc::v5::MqttOptions::new("wss-v5", wss(addr), addr.port());
+        o.set_transport(rumqttc_tls(&pki));
+        let (publ, ack) = V5::connect(o);
+        assert!(ack.properties.is_some(), "an MQTT 5 CONNACK: auto took v5");
+        publ.c
+            .publish("wss/t", Q5::AtLeastOnce, false, b"secure".to_vec())
+            .unwrap();
+        let p = sub.recv_publish();
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            ("wss/t", &b"secure"[..])
+        );
+    }
+
+    /// The mtls slot: a client certificate from the CA upgrades and speaks MQTT; without one
+    /// the TLS handshake fails (counted) and no upgrade happens. The upgrade rules still
+    /// apply over TLS.
+    #[test]
+    fn wss_mtls_needs_a_client_certificate_and_keeps_the_upgrade_rules() {
+        let pki = Pki::new("wss-mtls");
+        let b = broker(&pki, "", ", allowed_origins: [\"https://app.example\"]");
+        let addr = b.addr(MTLS);
+        let with_cert = || client_config(&pki.ca.der(), Some(pki.good.client_auth()), BOTH);
+        let (tls, _) = tls_open(addr, with_cert()).expect("TLS with a client certificate");
+        let mut c = WsRaw::upgrade(Box::new(tls), &wss(addr), &["https://app.example"])
+            .expect("upgrade over mTLS");
+        c.send(&Connect::v5("wss-device").bytes());
+        assert_eq!(c.next_packet().connack(true).code, 0);
+        c.send(&[0xc0, 0]);
+        assert_eq!(c.next_packet().kind(), kind::PINGRESP);
+        // A bad origin over a good TLS connection: 403, counted.
+        let (tls, _) = tls_open(addr, with_cert()).unwrap();
+        let refused = WsRaw::upgrade(Box::new(tls), &wss(addr), &["https://evil.example"]);
+        assert!(refused.is_err_and(|e| e.contains("403")));
+        b.wait_closed("ws_origin_forbidden", 1);
+        // No client certificate: the handshake (or the first read, in TLS 1.3) fails.
+        let no_cert = client_config(&pki.ca.der(), None, BOTH);
+        let up = tls_open(addr, no_cert)
+            .and_then(|(tls, _)| WsRaw::upgrade(Box::new(tls), &wss(addr), &[]).map(|_| ()));
+        assert!(up.is_err(), "no upgrade without a client certificate");
+        b.wait_closed("tls_handshake_failed", 1);
+    }
+
+    /// SIGHUP reloads the wss slot's certificates too (its acceptor registered a hook).
+    #[test]
+    fn wss_certificates_reload() {
+        let pki = Pki::new("wss-reload");
+        let dir = std::env::temp_dir().join(format!("fluxmq-edge-wss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.yaml");
+        let yaml = format!(
+            "server:\n  health_addr: \"127.0.0.1:0\"\n  tcp: {{ v3: {{ addr: \"\" }}, v5: {{ addr: \"\" }} }}\n  \
+             websocket:\n    tls: {{ {} }}\n",
+            pki.slot(", client_auth: none")
+        );
+        std::fs::write(&path, yaml).unwrap();
+        let running = fluxmq_edge::server::spawn_from(std::slice::from_ref(&path)).unwrap();
+        let health = running.addr("server.health_addr");
+        let reloads = || {
+            let (_, body) = http_get(health, "/metrics");
+            parse_metrics(&body)
+                .into_iter()
+                .find(|(k, _)| k == "fluxmq_edge_tls_reloads_total")
+                .map_or(0, |(_, v)| v)
+        };
+        assert_eq!(reloads(), 0);
+        running.reload();
+        wait_for("tls_reloads_total 1", T, || (reloads() >= 1).then_some(()));
+        let config = client_config(&pki.ca.der(), None, BOTH);
+        let (tls, _) = tls_open(running.addr(TLS), config).unwrap();
+        WsRaw::upgrade(Box::new(tls), &wss(running.addr(TLS)), &[]).expect("upgrade");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `read_timeout` bounds TLS handshake and upgrade together: a peer that completes TLS
+    /// and then sends nothing is closed and counted.
+    #[test]
+    fn wss_upgrade_within_read_timeout() {
+        let pki = Pki::new("wss-timeout");
+        let b = broker(&pki, ", read_timeout: 1s", "");
+        let config = client_config(&pki.ca.der(), None, BOTH);
+        let (mut tls, _) = tls_open(b.addr(TLS), config).unwrap();
+        let mut buf = [0; 16];
+        let got = tls.read(&mut buf);
+        assert!(matches!(got, Ok(0) | Err(_)), "closed, got {got:?}");
+        assert_eq!(b.closed("ws_handshake_timeout"), 1);
+    }
 }
