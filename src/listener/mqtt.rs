@@ -85,7 +85,19 @@ pub async fn accept_each(
     shared: &Shared,
     listener: &Async<TcpListener>,
     spec: &Spec,
+    serve: impl FnMut(Async<TcpStream>, SocketAddr),
+) {
+    accept_limited(shared, listener, spec, serve, |_, _, _| {}).await;
+}
+
+/// [`accept_each`], with a connection over the per-IP rate limit (already counted and
+/// logged) handed to `limited` instead of dropped (WebSocket answers it with HTTP 429).
+pub async fn accept_limited(
+    shared: &Shared,
+    listener: &Async<TcpListener>,
+    spec: &Spec,
     mut serve: impl FnMut(Async<TcpStream>, SocketAddr),
+    mut limited: impl FnMut(Async<TcpStream>, SocketAddr, crate::ratelimit::Refusal),
 ) {
     loop {
         let stop = shared.shutdown.listen();
@@ -109,8 +121,9 @@ pub async fn accept_each(
         };
         // The connection rate limit per source IP: before max_connections and before
         // anything is read or written (TLS listeners share this loop: before the handshake).
-        if shared.admit(peer, Protocol::Mqtt).is_err() {
-            continue; // dropping the stream closes it
+        if let Err(refusal) = shared.admit(peer, Protocol::Mqtt) {
+            limited(stream, peer, refusal); // MQTT: dropping the stream closes it
+            continue;
         }
         if spec.max_connections > 0 && spec.active.get() >= spec.max_connections {
             shared.metrics.closed(CloseReason::ListenerFull);
@@ -190,6 +203,12 @@ fn unreachable_handshaking() -> Handshaking {
 pub struct Handshaking(Rc<Spec>);
 
 impl Handshaking {
+    /// A place under `max_connections`, if one is free.
+    pub fn try_new(spec: &Rc<Spec>) -> Option<Handshaking> {
+        let full = spec.max_connections > 0 && spec.active.get() >= spec.max_connections;
+        (!full).then(|| Handshaking::new(spec.clone()))
+    }
+
     pub fn new(spec: Rc<Spec>) -> Handshaking {
         spec.active.set(spec.active.get() + 1);
         Handshaking(spec)

@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 use smol::{Async, LocalExecutor, Timer};
@@ -29,6 +29,7 @@ use crate::metrics::CloseReason;
 use crate::protocol::mqtt::conn::max_frame;
 use crate::protocol::ws::frame::{self, Decoder};
 use crate::protocol::ws::handshake::{self, Policy, Progress, Refusal};
+use crate::ratelimit;
 
 /// One WebSocket listener slot: the MQTT settings and the upgrade rules.
 #[derive(Debug)]
@@ -46,7 +47,7 @@ pub async fn accept_loop(
     listener: Async<TcpListener>,
     spec: Rc<Spec>,
 ) {
-    mqtt::accept_each(&shared, &listener, &spec.mqtt, |stream, peer| {
+    let serve_one = |stream, peer| {
         // Counted against max_connections from now, while it handshakes.
         let handshaking = Handshaking::new(spec.mqtt.clone());
         let task = serve(
@@ -58,8 +59,51 @@ pub async fn accept_loop(
             handshaking,
         );
         ex.spawn(task).detach();
+    };
+    // Over the per-IP connection rate: HTTP 429 with Retry-After (spec §6.2), written after
+    // the request is read (closing on unread input would reset the connection and lose
+    // the answer). The answer holds a max_connections place; with none free, the socket
+    // is just closed.
+    let refuse = |stream: Async<TcpStream>, _peer, refusal: ratelimit::Refusal| {
+        if let Some(place) = Handshaking::try_new(&spec.mqtt) {
+            ex.spawn(too_many(stream, refusal.retry_after_secs(), place))
+                .detach();
+        }
+    };
+    mqtt::accept_limited(&shared, &listener, &spec.mqtt, serve_one, refuse).await;
+}
+
+/// Longest wait for the request before a 429 is written anyway.
+const REFUSAL_READ: Duration = Duration::from_secs(1);
+
+/// Answer a rate-limited upgrade with 429: read what the client sent (its request, bounded
+/// by `MAX_REQUEST` and `REFUSAL_READ`), write the answer, close.
+async fn too_many(mut io: Async<TcpStream>, retry_after: u64, _place: Handshaking) {
+    let read_request = async {
+        let mut buf = [0u8; 1024];
+        let mut seen = Vec::new();
+        while seen.len() < handshake::MAX_REQUEST {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+            if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        true
+    };
+    let open = future::or(read_request, async {
+        Timer::after(REFUSAL_READ).await;
+        true
     })
     .await;
+    if open {
+        let _ = io
+            .write_all(&handshake::too_many_requests(retry_after))
+            .await;
+        let _ = io.close().await;
+    }
 }
 
 /// The TLS handshake (wss slots), then the upgrade, within `read_timeout` counted from the

@@ -256,6 +256,34 @@ fn handshake_counts_against_read_timeout() {
     assert_eq!(b.closed("ws_handshake_timeout"), 1);
 }
 
+#[test]
+fn over_the_connection_rate_an_upgrade_gets_429_with_retry_after() {
+    let b = broker(
+        "",
+        "ratelimit: { enabled: true, connection: { rate: 0.01, burst: 1 }, \
+         message: { enabled: false }, subscribe: { enabled: false } }",
+    );
+    let ws = b.addr(V3);
+    let mut kept = WsRaw::mqtt(ws, &Connect::v3("first"));
+    let (status, head) = request(ws, "GET", "/mqtt", &upgrade_headers(&[]));
+    assert_eq!(status, 429, "{head}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Retry-After: "))
+        .expect("Retry-After")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=100).contains(&retry), "{retry}");
+    b.wait_metric(
+        "fluxmq_edge_ratelimit_refused_total{limit=\"connection\",protocol=\"mqtt\"}",
+        |v| v == 1,
+    );
+    // The first connection is untouched.
+    kept.send(&[0xc0, 0]);
+    assert_eq!(kept.next_packet().kind(), kind::PINGRESP);
+}
+
 // ---- frames ----------------------------------------------------------------------------------
 
 /// A raw WebSocket client (tungstenite, over TCP or TLS) carrying hand-written MQTT packets.

@@ -6,6 +6,7 @@
 //! `mqtt` subprotocol [MQTT-6.0.0-3], an allowed `Origin`), the accept key, the size cap of
 //! the request. Does not own: reading the socket or its deadline (`listener::ws`).
 
+use base64::Engine;
 use ring::digest;
 
 /// Largest upgrade request accepted (request line and headers): room for a browser's
@@ -81,6 +82,17 @@ impl Refusal {
         )
         .into_bytes()
     }
+}
+
+/// The answer to an upgrade refused by the per-IP connection rate limit.
+pub fn too_many_requests(retry_after_secs: u64) -> Vec<u8> {
+    let body = "too many connections from this address\n";
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+         Retry-After: {retry_after_secs}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 impl std::fmt::Display for Refusal {
@@ -248,29 +260,7 @@ pub fn accept_key(key: &[u8]) -> String {
     let mut ctx = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key);
     ctx.update(GUID);
-    base64(ctx.finish().as_ref())
-}
-
-/// Standard base64 with padding (the 20 bytes of a SHA-1 digest need nothing more).
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
 }
 
 #[cfg(test)]
@@ -314,22 +304,6 @@ mod tests {
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-    }
-
-    #[test]
-    fn base64_padding() {
-        // RFC 4648 §10 test vectors.
-        for (raw, b64) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(raw.as_bytes()), b64);
-        }
     }
 
     #[test]
