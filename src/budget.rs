@@ -104,6 +104,19 @@ pub const ALLOC: u64 = 16;
 /// `ws_constant_covers_the_stream`), two control frames owed (a pong behind one partly
 /// written, each at most 127 bytes) and one control frame's payload being read (125 bytes).
 pub const WS_CONNECTION: u64 = 192 + 2 * (127 + ALLOC) + 125 + ALLOC;
+/// One HTTP bridge connection besides its request: the connection task with hyper's
+/// state, its read buffer (`listener::http::MAX_HEADER_BYTES` + 8 KiB), the response and
+/// the reactor entry.
+pub const HTTP_CONNECTION: u64 =
+    4 * 1024 + crate::listener::http::MAX_HEADER_BYTES as u64 + 8 * 1024 + 1024 + REACTOR_ENTRY;
+/// One remembered CoAP exchange: its map entry and order entry, and the cached response
+/// (at most one block of 1 KiB with its header and options).
+pub const COAP_EXCHANGE: u64 = 64 + 32 + 1152 + ALLOC;
+/// One CoAP observation beyond its session and subscription (counted with the sessions):
+/// the endpoint entry, the notifier task, the observation, a CON notification in flight
+/// and the NON Message IDs remembered for RSTs. `bench/bridges.sh` measures 1.5 KiB per
+/// observer including the session.
+pub const COAP_OBSERVER: u64 = 4 * 1024;
 /// `Rc` strong and weak counts.
 const RC_HEADER: u64 = 2 * size_of::<usize>() as u64;
 
@@ -260,8 +273,8 @@ pub fn worst_case(cfg: &Config) -> Budget {
     let mut conns: Option<u64> = Some(0);
     let mut conn_keys = Vec::new();
     for (slot, l) in cfg.server.slots() {
-        // HTTP and CoAP slots have no max_connections (FluxMQ's schema); those protocols
-        // are not built yet and will bring their own terms.
+        // HTTP and CoAP connections hold no MQTT state: they have their own terms
+        // (`bridges`).
         if l.enabled() && !matches!(slot.family, Family::Http | Family::Coap) {
             conn_keys.push(format!("{}.max_connections", slot.key));
             conns = match (conns, l.max_connections) {
@@ -579,6 +592,7 @@ pub fn worst_case(cfg: &Config) -> Budget {
             "server.health_enabled (false)".to_owned(),
         );
     }
+    bridges(cfg, msg, &mut add);
     add(
         "runtime",
         Some(RUNTIME_BASE),
@@ -588,6 +602,101 @@ pub fn worst_case(cfg: &Config) -> Budget {
     Budget {
         contributors: out,
         limit: b.memory_limit.bytes(),
+    }
+}
+
+/// The HTTP and CoAP bridges' own terms (their sessions, for CoAP observers, are counted
+/// with the sessions; TLS state of HTTPS connections with the TLS connections).
+fn bridges(
+    cfg: &Config,
+    msg: u64,
+    add: &mut impl FnMut(&'static str, Option<u64>, String, String),
+) {
+    let max = u64::from(cfg.broker.max_message_size);
+    let mut http_conns: Option<u64> = Some(0);
+    let mut http_keys = Vec::new();
+    let mut coap_exchanges = 0u64;
+    let mut coap_listeners = 0u64;
+    let mut coap_keys = Vec::new();
+    for (slot, l) in cfg.server.slots() {
+        if !l.enabled() {
+            continue;
+        }
+        match slot.family {
+            Family::Http => {
+                http_keys.push(format!("{}.max_connections", slot.key));
+                http_conns = match (http_conns, l.max_connections) {
+                    (_, 0) | (None, _) => None,
+                    (Some(n), m) => Some(n + u64::from(m)),
+                };
+            }
+            Family::Coap => {
+                coap_keys.push(format!("{}.max_connections", slot.key));
+                coap_listeners += 1;
+                coap_exchanges += match l.max_connections {
+                    0 => 10_000,
+                    n => u64::from(n),
+                };
+            }
+            _ => {}
+        }
+    }
+    if !http_keys.is_empty() {
+        // A request holds its body (a JSON body is the payload in base64 plus the other
+        // fields) and the decoded payload; the message it becomes is counted in the queues.
+        let body = max / 3 * 4 + 4 + 64 * 1024;
+        let per = HTTP_CONNECTION + body + max + 2 * ALLOC;
+        add(
+            "HTTP bridge connections",
+            http_conns.map(|n| mul(n, per)),
+            format!(
+                "{} x {} (connection {}, a JSON body of {} and its payload)",
+                http_conns.map_or_else(
+                    || "unlimited HTTP connections (max_connections 0)".to_owned(),
+                    |n| format!("{n} HTTP connections")
+                ),
+                human(per),
+                human(HTTP_CONNECTION),
+                human(body)
+            ),
+            format!("{} or broker.max_message_size", http_keys.join(", ")),
+        );
+    }
+    if coap_listeners > 0 {
+        use crate::listener::coap::MAX_PENDING_AUTH;
+        use crate::protocol::coap::{MAX_DATAGRAM, MAX_UPLOADS, observe::MAX_BLOCKWISE};
+        let observers = u64::from(cfg.broker.coap_max_observers);
+        let fixed = coap_listeners
+            * ((MAX_UPLOADS as u64 + MAX_PENDING_AUTH as u64) * (max + ALLOC)
+                + MAX_BLOCKWISE as u64 * msg
+                + MAX_DATAGRAM as u64
+                + REACTOR_ENTRY);
+        add(
+            "CoAP exchanges",
+            Some(mul(coap_exchanges, COAP_EXCHANGE)),
+            format!(
+                "{coap_exchanges} exchanges remembered for duplicates x {COAP_EXCHANGE} B                  (entry and cached response)"
+            ),
+            coap_keys.join(", "),
+        );
+        add(
+            "CoAP observers",
+            Some(mul(observers, COAP_OBSERVER)),
+            format!(
+                "broker.coap_max_observers {observers} x {} (endpoint, task, a CON                  notification in flight; their sessions are counted with the sessions)",
+                human(COAP_OBSERVER)
+            ),
+            "broker.coap_max_observers".to_owned(),
+        );
+        add(
+            "CoAP bodies",
+            Some(fixed),
+            format!(
+                "{coap_listeners} listener(s) x ({MAX_UPLOADS} block-wise uploads +                  {MAX_PENDING_AUTH} requests awaiting auth, each up to {}; {MAX_BLOCKWISE}                  large notifications kept for their blocks; the receive buffer)",
+                human(max)
+            ),
+            "broker.max_message_size".to_owned(),
+        );
     }
 }
 
@@ -881,6 +990,23 @@ mod tests {
             task + 256 <= DRIVER_TASK,
             "{task} B: raise budget::DRIVER_TASK"
         );
+    }
+
+    #[test]
+    fn bridges_add_their_terms() {
+        let base = worst_case(&cfg(""));
+        assert!(base.get("HTTP bridge connections").is_none());
+        assert!(base.get("CoAP exchanges").is_none());
+        let on = worst_case(&cfg(
+            "server: { http: { plain: { addr: \":8080\", max_connections: 10 } }, \
+             coap: { plain: { addr: \":5683\", max_connections: 100 } } }\n\
+             broker: { max_message_size: 1024, coap_max_observers: 50 }",
+        ));
+        let http = bytes(&on, "HTTP bridge connections");
+        assert!(http >= 10 * (HTTP_CONNECTION + 1024), "{http}");
+        assert_eq!(bytes(&on, "CoAP exchanges"), 100 * COAP_EXCHANGE);
+        assert_eq!(bytes(&on, "CoAP observers"), 50 * COAP_OBSERVER);
+        assert!(bytes(&on, "CoAP bodies") > 1024 * 64);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::protocol::coap::observe::Poll;
 use crate::protocol::coap::{self, Request, Server, Step, Verdict};
 
 /// Requests waiting for an auth answer at once, per listener.
-pub const MAX_PENDING_AUTH: usize = 256;
+pub const MAX_PENDING_AUTH: usize = 64;
 
 /// One CoAP listener slot, from configuration.
 #[derive(Debug)]

@@ -39,6 +39,10 @@ pub const CON_WINDOW: usize = 1;
 const RECENT_NON: usize = 16;
 /// Deliveries turned into notifications per wake-up of an endpoint's task (fairness).
 pub const BATCH: usize = 64;
+/// Large notifications kept at once, over all endpoints, for their remaining blocks
+/// (compile-time ceiling: each holds a message of up to `broker.max_message_size`); the
+/// oldest is forgotten first and a GET for its blocks then gets 4.08.
+pub const MAX_BLOCKWISE: usize = 16;
 
 struct Observation {
     token: Vec<u8>,
@@ -82,6 +86,8 @@ pub enum Poll {
 
 pub struct Observers {
     peers: HashMap<SocketAddr, Peer>,
+    /// Observations holding a large notification (`Observation::last`), oldest first.
+    blockwise: VecDeque<(SocketAddr, Vec<u8>)>,
     total: usize,
     max_total: usize,
     max_per_peer: usize,
@@ -92,6 +98,7 @@ impl Observers {
     pub fn new(max_total: usize, max_per_peer: usize) -> Observers {
         Observers {
             peers: HashMap::new(),
+            blockwise: VecDeque::new(),
             total: 0,
             max_total,
             max_per_peer,
@@ -269,7 +276,12 @@ impl Observers {
     pub fn block2(&self, peer: SocketAddr, path: &str, b: Block, _now: Instant) -> Option<Reply> {
         let p = self.peers.get(&peer)?;
         let o = p.obs.iter().find(|o| o.filter == path)?;
-        let m = o.last.as_ref()?;
+        let Some(m) = o.last.as_ref() else {
+            return Some(Reply::error(
+                ResponseType::RequestEntityIncomplete,
+                "no block-wise notification kept for this observation",
+            ));
+        };
         let payload = m.payload();
         let size = b.size();
         let start = (b.num as usize).checked_mul(size)?;
@@ -334,6 +346,7 @@ impl Observers {
             return self.poll(peer, signal, broker, now, out);
         }
         let mids = &mut self.next_mid;
+        let held = &mut self.blockwise;
         let mut sent = 0;
         let result = loop {
             if sent >= BATCH {
@@ -366,6 +379,10 @@ impl Observers {
                 *mids = mids.wrapping_add(1);
                 let mid = *mids;
                 let bytes = notification(o, &d.msg, mid);
+                if o.last.is_some() {
+                    held.retain(|(a, t)| !(*a == peer && *t == o.token));
+                    held.push_back((peer, o.token.clone()));
+                }
                 if o.con {
                     let jitter = Duration::from_millis(u64::from(mid) * 7919 % 1000);
                     let timeout = ACK_TIMEOUT + jitter;
@@ -389,6 +406,18 @@ impl Observers {
             sent += 1;
         };
         signal.set_deadline(p.inflight.iter().map(|x| x.next_at).min());
+        while self.blockwise.len() > MAX_BLOCKWISE {
+            let Some((a, t)) = self.blockwise.pop_front() else {
+                break;
+            };
+            if let Some(o) = self
+                .peers
+                .get_mut(&a)
+                .and_then(|p| p.obs.iter_mut().find(|o| o.token == t))
+            {
+                o.last = None;
+            }
+        }
         result
     }
 }

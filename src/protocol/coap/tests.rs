@@ -610,3 +610,56 @@ fn observer_caps() {
     assert_eq!(s.observers.len(), 3);
     assert_eq!(b.gauges().subscriptions, 3);
 }
+
+#[test]
+fn large_notifications_kept_for_their_blocks_are_bounded() {
+    let n = observe::MAX_BLOCKWISE + 1;
+    let (mut s, mut b, _) = setup(|l| {
+        l.max_observers = 100;
+    });
+    let now = Instant::now();
+    let mut sigs = Vec::new();
+    for i in 0..n {
+        let mut p = decode(&observe(1, 0x50, MessageType::NonConfirmable, "big", 0));
+        msg::set_block(
+            &mut p,
+            CoapOption::Block2,
+            Block {
+                num: 0,
+                more: false,
+                szx: 0,
+            },
+        );
+        let (_, watch) = register(&mut s, &mut b, peer(1000 + i as u16), &bytes(&p), now);
+        sigs.push(watch.expect("signal"));
+    }
+    publish(&mut b, "big", &[7; 40], None, now);
+    for (i, sig) in sigs.iter().enumerate() {
+        let mut out = Vec::new();
+        s.observers
+            .poll(peer(1000 + i as u16), sig, &mut b, now, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+    let get = |s: &mut Server, b: &mut Broker, port: u16| {
+        let mut g = req(MessageType::Confirmable, RequestType::Get, 900, "big");
+        msg::set_block(
+            &mut g,
+            CoapOption::Block2,
+            Block {
+                num: 1,
+                more: false,
+                szx: 0,
+            },
+        );
+        code(&roundtrip(s, b, peer(port), &bytes(&g), now).expect("reply"))
+    };
+    // The oldest was forgotten; the newest still has its blocks.
+    assert_eq!(
+        get(&mut s, &mut b, 1000),
+        ResponseType::RequestEntityIncomplete
+    );
+    assert_eq!(
+        get(&mut s, &mut b, 1000 + n as u16 - 1),
+        ResponseType::Content
+    );
+}
