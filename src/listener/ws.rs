@@ -158,10 +158,10 @@ where
     let max = max_frame(shared.broker.borrow().limits.max_message_size);
     let timeout = spec.mqtt.read_timeout;
     let upgraded = future::or(upgrade(io, spec, max), async {
-        if timeout.is_zero() {
-            future::pending::<()>().await;
-        }
-        Timer::at(accepted + timeout).await;
+        match accepted.checked_add(timeout) {
+            Some(at) if !timeout.is_zero() => Timer::at(at).await,
+            _ => future::pending::<Instant>().await, // 0 (or beyond the clock): no limit
+        };
         Err((
             CloseReason::WsHandshakeTimeout,
             format!("no WebSocket upgrade within read_timeout ({timeout:?})"),
