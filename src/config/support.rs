@@ -25,10 +25,12 @@ const BUILT_SLOTS: &[&str] = &[
     "server.websocket.mtls",
 ];
 
-/// Why the DTLS slots are refused (see the report of issue 6): the sans-IO DTLS library
-/// evaluated (`dimpl`) targets WebRTC: ECDSA certificates only (no RSA server keys, which
-/// FluxMQ deployments use), certificate chains left to the embedder, one PSK suite, and an
-/// API still changing between minor versions.
+/// Why the DTLS slots are refused (issue 6's evaluation): `dimpl` (sans-IO, pure Rust)
+/// targets WebRTC: ECDSA keys only (no RSA, which FluxMQ deployments use), no certificate
+/// chain verification (left to the embedder), one PSK suite, an API moving between minor
+/// versions. `rtc-dtls` (a sans-IO port of pion/dtls, the library FluxMQ uses; ring
+/// provider, rustls verifiers, PSK) is the candidate to integrate, but brings rkyv,
+/// x509-parser and rcgen: its weight against the gateway binary budget is not measured yet.
 const DTLS_NOT_BUILT: &str = "CoAP over DTLS is not built yet in this version of fluxmq-edge \
      (no DTLS library that serves RSA and ECDSA certificates with chain verification, in pure \
      Rust for aarch64/armv7, is integrated yet); use server.coap.plain on a trusted network \
