@@ -107,8 +107,18 @@ pub const WS_CONNECTION: u64 = 192 + 2 * (127 + ALLOC) + 125 + ALLOC;
 /// One HTTP bridge connection besides its request: the connection task with hyper's
 /// state, its read buffer (`listener::http::MAX_HEADER_BYTES` + 8 KiB), the response and
 /// the reactor entry.
-pub const HTTP_CONNECTION: u64 =
-    4 * 1024 + crate::listener::http::MAX_HEADER_BYTES as u64 + 8 * 1024 + 1024 + REACTOR_ENTRY;
+pub const HTTP_CONNECTION: u64 = 4 * 1024 + HTTP_HEAD + 8 * 1024 + 1024 + REACTOR_ENTRY;
+/// The bridges' compile-time ceilings, repeated here so that the budget is computed in a
+/// binary built without them too (the tests check they match): the HTTP head cap
+/// (`listener::http::MAX_HEADER_BYTES`), and per CoAP listener the uploads being assembled
+/// (`protocol::coap::MAX_UPLOADS`), requests awaiting auth (`listener::coap::MAX_PENDING_AUTH`),
+/// large notifications kept (`protocol::coap::observe::MAX_BLOCKWISE`), the receive buffer
+/// (`protocol::coap::MAX_DATAGRAM`).
+pub const HTTP_HEAD: u64 = 16 * 1024;
+pub const COAP_UPLOADS: u64 = 32;
+pub const COAP_PENDING_AUTH: u64 = 64;
+pub const COAP_BLOCKWISE: u64 = 16;
+pub const COAP_DATAGRAM: u64 = 1500;
 /// One remembered CoAP exchange: its map entry and order entry, and the cached response
 /// (at most one block of 1 KiB with its header and options).
 pub const COAP_EXCHANGE: u64 = 64 + 32 + 1152 + ALLOC;
@@ -663,13 +673,11 @@ fn bridges(
         );
     }
     if coap_listeners > 0 {
-        use crate::listener::coap::MAX_PENDING_AUTH;
-        use crate::protocol::coap::{MAX_DATAGRAM, MAX_UPLOADS, observe::MAX_BLOCKWISE};
         let observers = u64::from(cfg.broker.coap_max_observers);
         let fixed = coap_listeners
-            * ((MAX_UPLOADS as u64 + MAX_PENDING_AUTH as u64) * (max + ALLOC)
-                + MAX_BLOCKWISE as u64 * msg
-                + MAX_DATAGRAM as u64
+            * ((COAP_UPLOADS + COAP_PENDING_AUTH) * (max + ALLOC)
+                + COAP_BLOCKWISE * msg
+                + COAP_DATAGRAM
                 + REACTOR_ENTRY);
         add(
             "CoAP exchanges",
@@ -683,7 +691,7 @@ fn bridges(
             "CoAP observers",
             Some(mul(observers, COAP_OBSERVER)),
             format!(
-                "broker.coap_max_observers {observers} x {} (endpoint, task, a CON                  notification in flight; their sessions are counted with the sessions)",
+                "broker.coap_max_observers {observers} x {} (endpoint, task, a CON notification in flight; their sessions are counted with the sessions)",
                 human(COAP_OBSERVER)
             ),
             "broker.coap_max_observers".to_owned(),
@@ -692,7 +700,7 @@ fn bridges(
             "CoAP bodies",
             Some(fixed),
             format!(
-                "{coap_listeners} listener(s) x ({MAX_UPLOADS} block-wise uploads +                  {MAX_PENDING_AUTH} requests awaiting auth, each up to {}; {MAX_BLOCKWISE}                  large notifications kept for their blocks; the receive buffer)",
+                "{coap_listeners} listener(s) x ({COAP_UPLOADS} block-wise uploads + {COAP_PENDING_AUTH} requests awaiting auth, each up to {}; {COAP_BLOCKWISE} large notifications kept for their blocks; the receive buffer)",
                 human(max)
             ),
             "broker.max_message_size".to_owned(),
@@ -990,6 +998,25 @@ mod tests {
             task + 256 <= DRIVER_TASK,
             "{task} B: raise budget::DRIVER_TASK"
         );
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn http_ceiling_matches_the_listener() {
+        assert_eq!(HTTP_HEAD, crate::listener::http::MAX_HEADER_BYTES as u64);
+    }
+
+    #[cfg(feature = "coap")]
+    #[test]
+    fn coap_ceilings_match_the_bridge() {
+        use crate::protocol::coap;
+        assert_eq!(COAP_UPLOADS, coap::MAX_UPLOADS as u64);
+        assert_eq!(
+            COAP_PENDING_AUTH,
+            crate::listener::coap::MAX_PENDING_AUTH as u64
+        );
+        assert_eq!(COAP_BLOCKWISE, coap::observe::MAX_BLOCKWISE as u64);
+        assert_eq!(COAP_DATAGRAM, coap::MAX_DATAGRAM as u64);
     }
 
     #[test]

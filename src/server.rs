@@ -16,7 +16,11 @@ use crate::broker::session::QueueLimits;
 use crate::broker::{Broker, Limits};
 use crate::clock;
 use crate::config::{Config, OfflineQueuePolicy};
-use crate::listener::{self, Shared, coap, http, mqtt, tls, ws};
+#[cfg(feature = "coap")]
+use crate::listener::coap;
+#[cfg(feature = "http")]
+use crate::listener::http;
+use crate::listener::{self, Shared, mqtt, tls, ws};
 use crate::metrics::Metrics;
 use crate::protocol::mqtt::QoS;
 use crate::protocol::mqtt::ReasonCode;
@@ -251,68 +255,10 @@ async fn serve(
             mqtt_listeners.push((l, Rc::new(spec)));
         }
     }
-    let mut http_listeners = Vec::new();
-    let http_slots = &cfg.server.http;
-    for (name, slot, secure) in [
-        ("server.http.plain", &http_slots.plain, false),
-        ("server.http.tls", &http_slots.tls, true),
-        ("server.http.mtls", &http_slots.mtls, true),
-    ] {
-        if slot.addr.is_empty() {
-            continue;
-        }
-        let tls = if secure {
-            let acceptor = tls::Acceptor::new(name, slot, shared.metrics.clone())?;
-            acceptor.register_reload(&shared, &ex);
-            Some(acceptor)
-        } else {
-            None
-        };
-        let l = mqtt::bind(name, &slot.addr)?;
-        let local = l
-            .get_ref()
-            .local_addr()
-            .map_err(|e| format!("{name}.addr: {e}"))?;
-        let scheme = if secure { "https" } else { "http" };
-        log::info!("{name}: HTTP publish bridge on {scheme}://{local}");
-        addrs.insert(name.to_string(), local);
-        let spec = http::Spec {
-            name: name.to_string(),
-            max_connections: slot.max_connections as usize,
-            read_timeout: slot.read_timeout,
-            active: Default::default(),
-            tls,
-        };
-        http_listeners.push((l, Rc::new(spec)));
-    }
-    let mut coap_listeners = Vec::new();
-    for (name, slot) in [("server.coap.plain", &cfg.server.coap.plain)] {
-        if slot.addr.is_empty() {
-            continue;
-        }
-        let s = coap::bind(name, &slot.addr)?;
-        let local = s
-            .get_ref()
-            .local_addr()
-            .map_err(|e| format!("{name}.addr: {e}"))?;
-        log::info!("{name}: CoAP bridge on coap://{local}");
-        addrs.insert(name.to_string(), local);
-        let limits = crate::protocol::coap::Limits {
-            max_message_size: cfg.broker.max_message_size as usize,
-            // Exchanges remembered: max_connections (0 = the default, never unbounded).
-            max_exchanges: match slot.max_connections {
-                0 => 10_000,
-                n => n as usize,
-            },
-            max_observers: cfg.broker.coap_max_observers as usize,
-            max_observers_per_peer: cfg.broker.coap_max_observers_per_client as usize,
-        };
-        let spec = coap::Spec {
-            name: name.to_string(),
-            limits,
-        };
-        coap_listeners.push((s, Rc::new(spec)));
-    }
+    #[cfg(feature = "http")]
+    let http_listeners = bind_http(&cfg, &shared, &ex, &mut addrs)?;
+    #[cfg(feature = "coap")]
+    let coap_listeners = bind_coap(&cfg, &mut addrs)?;
     let health = if cfg.server.health_enabled && !cfg.server.health_addr.is_empty() {
         let l = mqtt::bind("server.health_addr", &cfg.server.health_addr)?;
         let local = l
@@ -332,9 +278,11 @@ async fn serve(
     for (l, spec) in ws_listeners {
         tasks.push(ex.spawn(ws::accept_loop(ex.clone(), shared.clone(), l, spec)));
     }
+    #[cfg(feature = "http")]
     for (l, spec) in http_listeners {
         tasks.push(ex.spawn(http::accept_loop(ex.clone(), shared.clone(), l, spec)));
     }
+    #[cfg(feature = "coap")]
     for (s, spec) in coap_listeners {
         tasks.push(ex.spawn(coap::serve(ex.clone(), shared.clone(), s, spec)));
     }
@@ -432,6 +380,94 @@ async fn serve(
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Bind the HTTP bridge slots (`server.http.*`), with their TLS layer.
+#[cfg(feature = "http")]
+type HttpListeners = Vec<(smol::Async<std::net::TcpListener>, Rc<http::Spec>)>;
+
+#[cfg(feature = "http")]
+fn bind_http(
+    cfg: &Config,
+    shared: &Rc<Shared>,
+    ex: &Rc<LocalExecutor<'static>>,
+    addrs: &mut BTreeMap<String, SocketAddr>,
+) -> Result<HttpListeners, String> {
+    let mut http_listeners = Vec::new();
+    let http_slots = &cfg.server.http;
+    for (name, slot, secure) in [
+        ("server.http.plain", &http_slots.plain, false),
+        ("server.http.tls", &http_slots.tls, true),
+        ("server.http.mtls", &http_slots.mtls, true),
+    ] {
+        if slot.addr.is_empty() {
+            continue;
+        }
+        let tls = if secure {
+            let acceptor = tls::Acceptor::new(name, slot, shared.metrics.clone())?;
+            acceptor.register_reload(shared, ex);
+            Some(acceptor)
+        } else {
+            None
+        };
+        let l = mqtt::bind(name, &slot.addr)?;
+        let local = l
+            .get_ref()
+            .local_addr()
+            .map_err(|e| format!("{name}.addr: {e}"))?;
+        let scheme = if secure { "https" } else { "http" };
+        log::info!("{name}: HTTP publish bridge on {scheme}://{local}");
+        addrs.insert(name.to_string(), local);
+        let spec = http::Spec {
+            name: name.to_string(),
+            max_connections: slot.max_connections as usize,
+            read_timeout: slot.read_timeout,
+            active: Default::default(),
+            tls,
+        };
+        http_listeners.push((l, Rc::new(spec)));
+    }
+    Ok(http_listeners)
+}
+
+/// Bind the CoAP bridge slot (`server.coap.plain`).
+#[cfg(feature = "coap")]
+type CoapListeners = Vec<(smol::Async<std::net::UdpSocket>, Rc<coap::Spec>)>;
+
+#[cfg(feature = "coap")]
+fn bind_coap(
+    cfg: &Config,
+    addrs: &mut BTreeMap<String, SocketAddr>,
+) -> Result<CoapListeners, String> {
+    let mut coap_listeners = Vec::new();
+    for (name, slot) in [("server.coap.plain", &cfg.server.coap.plain)] {
+        if slot.addr.is_empty() {
+            continue;
+        }
+        let s = coap::bind(name, &slot.addr)?;
+        let local = s
+            .get_ref()
+            .local_addr()
+            .map_err(|e| format!("{name}.addr: {e}"))?;
+        log::info!("{name}: CoAP bridge on coap://{local}");
+        addrs.insert(name.to_string(), local);
+        let limits = crate::protocol::coap::Limits {
+            max_message_size: cfg.broker.max_message_size as usize,
+            // Exchanges remembered: max_connections (0 = the default, never unbounded).
+            max_exchanges: match slot.max_connections {
+                0 => 10_000,
+                n => n as usize,
+            },
+            max_observers: cfg.broker.coap_max_observers as usize,
+            max_observers_per_peer: cfg.broker.coap_max_observers_per_client as usize,
+        };
+        let spec = coap::Spec {
+            name: name.to_string(),
+            limits,
+        };
+        coap_listeners.push((s, Rc::new(spec)));
+    }
+    Ok(coap_listeners)
 }
 
 /// SIGHUP: re-read the configuration (the current one when it came from no file), then run

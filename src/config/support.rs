@@ -98,6 +98,15 @@ const NOT_BUILT_PER_LISTENER: &[NotBuiltOnListener] = &[
     ),
 ];
 
+/// The cargo feature a slot family needs, when this binary was built without it.
+fn left_out(family: Family) -> Option<&'static str> {
+    match family {
+        Family::Http if !cfg!(feature = "http") => Some("http"),
+        Family::Coap if !cfg!(feature = "coap") => Some("coap"),
+        _ => None,
+    }
+}
+
 fn slot_name(slot: &SlotInfo) -> &'static str {
     match (slot.family, slot.security) {
         (Family::MqttTcp, Security::Plain) => "plain MQTT",
@@ -124,6 +133,17 @@ impl Config {
                     origin,
                     format!("{}.addr", slot.key),
                     DTLS_NOT_BUILT,
+                ));
+            }
+            if let Some(feature) = left_out(slot.family) {
+                return Err(ConfigError::new(
+                    origin,
+                    format!("{}.addr", slot.key),
+                    format!(
+                        "{} is not in this build of fluxmq-edge (built without the cargo \
+                         feature `{feature}`); set it to \"\"",
+                        slot_name(&slot)
+                    ),
                 ));
             }
             if !BUILT_SLOTS.contains(&slot.key) {
@@ -445,6 +465,36 @@ mod tests {
                 admin || e.contains("not built yet in this version of fluxmq-edge"),
                 "{e}"
             );
+        }
+    }
+
+    /// A bridge slot in a binary built without its feature names the feature.
+    #[test]
+    fn bridge_slots_follow_their_features() {
+        for (edit, feature, on) in [
+            (
+                (|c: &mut Config| c.server.http.plain.addr = ":8080".into()) as fn(&mut Config),
+                "http",
+                cfg!(feature = "http"),
+            ),
+            (
+                |c: &mut Config| c.server.coap.plain.addr = ":5683".into(),
+                "coap",
+                cfg!(feature = "coap"),
+            ),
+        ] {
+            let mut c = base();
+            edit(&mut c);
+            match c.check_supported("t") {
+                Ok(()) => assert!(on, "{feature} off but accepted"),
+                Err(e) => {
+                    assert!(!on, "{e}");
+                    assert!(
+                        e.to_string().contains(&format!("feature `{feature}`")),
+                        "{e}"
+                    );
+                }
+            }
         }
     }
 

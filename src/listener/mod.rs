@@ -3,8 +3,10 @@
 //! them (WebSocket), and the health/metrics HTTP endpoint. This is the only layer (with
 //! `main`) that awaits.
 
+#[cfg(feature = "coap")]
 pub mod coap;
 pub mod health;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod mqtt;
 pub mod tls;

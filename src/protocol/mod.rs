@@ -2,7 +2,9 @@
 //! plus a connection state machine that talks to the broker core. Nothing here touches a
 //! socket: the drivers in `listener/` own the I/O.
 
+#[cfg(feature = "coap")]
 pub mod coap;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod mqtt;
 pub mod origin;

@@ -9,9 +9,11 @@
 mod common;
 
 mod caps;
+#[cfg(feature = "coap")]
 mod coap;
 mod connect;
 mod health;
+#[cfg(feature = "http")]
 mod http;
 mod malformed;
 mod process;

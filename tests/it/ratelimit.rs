@@ -267,6 +267,7 @@ fn reload_changes_the_limit_of_a_connected_client_without_reconnecting() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[cfg(feature = "http")]
 #[test]
 fn http_publish_over_the_limit_gets_429_with_retry_after_on_its_connection() {
     let (b, http) = crate::http::start_http(
@@ -313,6 +314,7 @@ fn http_publish_over_the_limit_gets_429_with_retry_after_on_its_connection() {
     );
 }
 
+#[cfg(feature = "http")]
 #[test]
 fn http_connections_over_the_ip_limit_are_closed_before_any_answer() {
     let (b, http) = crate::http::start_http(
