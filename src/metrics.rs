@@ -110,6 +110,7 @@ reasons!(
         MethodNotAllowed => "405",
         RequestTimeout => "408",
         TooLarge => "413",
+        HeaderTooLarge => "431",
         TooManyRequests => "429",
         InternalError => "500",
     }

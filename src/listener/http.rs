@@ -174,6 +174,16 @@ async fn serve_conn<S>(
         }
     };
     if let Err(e) = result {
+        // What hyper answers or closes by itself: an oversized head (431), a malformed one
+        // (400), a head not complete within read_timeout (closed; also an idle keep-alive).
+        let m = &shared.metrics;
+        if e.is_parse_too_large() {
+            m.http(HttpStatus::HeaderTooLarge);
+        } else if e.is_parse() {
+            m.http(HttpStatus::BadRequest);
+        } else if e.is_timeout() {
+            m.closed(CloseReason::KeepAliveTimeout);
+        }
         log::debug!("{}: connection from {peer}: {e}", spec.name);
     }
 }

@@ -205,7 +205,7 @@ fn core_refusal_is_500_publish_failed() {
 
 #[test]
 fn oversized_request_head_is_refused_431() {
-    let (_b, http) = start_http("", "");
+    let (b, http) = start_http("", "");
     let big = "v".repeat(20 * 1024);
     let mut s = TcpStream::connect(http).expect("connect");
     s.set_read_timeout(Some(T)).expect("timeout");
@@ -215,6 +215,9 @@ fn oversized_request_head_is_refused_431() {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    b.wait_metric("fluxmq_edge_http_responses_total{status=\"431\"}", |n| {
+        n == 1
+    });
 }
 
 #[test]
@@ -246,7 +249,7 @@ fn connections_over_max_connections_are_closed() {
 
 #[test]
 fn idle_and_slow_requests_are_closed_after_read_timeout() {
-    let (_b, http) = start_http(", read_timeout: 1s", "");
+    let (b, http) = start_http(", read_timeout: 1s", "");
     // A request head that never completes.
     let mut slow = TcpStream::connect(http).expect("connect");
     slow.set_read_timeout(Some(T)).expect("timeout");
@@ -256,6 +259,7 @@ fn idle_and_slow_requests_are_closed_after_read_timeout() {
     let start = std::time::Instant::now();
     let _ = slow.read(&mut buf);
     assert!(start.elapsed() < T, "closed by the head timeout");
+    b.wait_closed("keep_alive_timeout", 1);
     // A body that never completes: 408.
     let mut body = TcpStream::connect(http).expect("connect");
     body.set_read_timeout(Some(T)).expect("timeout");

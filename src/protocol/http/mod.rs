@@ -59,6 +59,7 @@ impl Refused {
             HttpStatus::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             HttpStatus::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             HttpStatus::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpStatus::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HttpStatus::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             HttpStatus::Ok => StatusCode::OK,
             HttpStatus::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
