@@ -32,6 +32,7 @@ pub mod broker;
 pub mod budget;
 pub mod clock;
 pub mod config;
+pub mod grpc;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use crate::auth::Protocol;
 
 macro_rules! reasons {
-    ($(#[$m:meta])* $name:ident { $($v:ident => $s:literal),* $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),* $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($v),* }
+        pub enum $name { $($(#[$vm])* $v),* }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$v),*];
             pub fn label(self) -> &'static str { match self { $($name::$v => $s),* } }
@@ -148,6 +148,237 @@ reasons!(
     }
 );
 
+reasons!(
+    /// An auth provider (`auth.provider`).
+    AuthProvider {
+        Atom => "atom",
+        Callout => "callout",
+    }
+);
+
+reasons!(
+    /// What an auth outcome is about: the upstream RPC it needed (or a cache served), or
+    /// `local` for a decision made without one (missing credentials, a topic the provider
+    /// refuses by its shape).
+    AuthRpc {
+        Authenticate => "authenticate",
+        AuthenticateCredential => "authenticate_credential",
+        ResolveCertificate => "resolve_certificate",
+        ResolveAlias => "resolve_alias",
+        Check => "check",
+        Authorize => "authorize",
+        Local => "local",
+    }
+);
+
+reasons!(
+    /// The outcome of one auth step.
+    AuthResult {
+        /// The upstream said yes (authenticated, allowed, alias resolved).
+        Success => "ok",
+        /// A definite no (from the upstream, or locally).
+        Denied => "denied",
+        /// The upstream could not answer (unreachable, error status, malformed answer).
+        Error => "error",
+        /// No answer within `auth.timeout`.
+        Timeout => "timeout",
+        /// Refused without a call: the callout's circuit breaker is open.
+        BreakerOpen => "breaker_open",
+        /// Answered from a cache (no RPC).
+        Cached => "cached",
+    }
+);
+
+reasons!(
+    /// The auth caches (src/auth/cache.rs).
+    AuthCache {
+        Authn => "authn",
+        Alias => "alias",
+        Decision => "decision",
+    }
+);
+
+impl AuthProvider {
+    /// The steps this provider reports.
+    pub fn rpcs(self) -> &'static [AuthRpc] {
+        match self {
+            AuthProvider::Atom => &[
+                AuthRpc::Authenticate,
+                AuthRpc::AuthenticateCredential,
+                AuthRpc::ResolveCertificate,
+                AuthRpc::ResolveAlias,
+                AuthRpc::Check,
+                AuthRpc::Local,
+            ],
+            AuthProvider::Callout => &[AuthRpc::Authenticate, AuthRpc::Authorize, AuthRpc::Local],
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the auth RPC latency histogram buckets (plus `+Inf`).
+pub const AUTH_LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+const NAUTHP: usize = AuthProvider::ALL.len();
+const NRPC: usize = AuthRpc::ALL.len();
+const NRES: usize = AuthResult::ALL.len();
+const NCACHE: usize = AuthCache::ALL.len();
+const NBUCKET: usize = AUTH_LATENCY_BUCKETS.len();
+
+/// A fixed-bucket latency histogram (non-cumulative counts; rendered cumulative).
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [Cell<u64>; NBUCKET],
+    count: Cell<u64>,
+    sum_us: Cell<u64>,
+}
+
+/// Auth outcomes, RPC latencies and cache sizes.
+#[derive(Debug)]
+pub struct AuthMetrics {
+    /// The provider in use (its series are rendered, zero or not); `None`: auth disabled.
+    pub provider: Cell<Option<AuthProvider>>,
+    outcomes: [[[Cell<u64>; NRES]; NRPC]; NAUTHP],
+    latency: [[Histogram; NRPC]; NAUTHP],
+    cache_entries: [Cell<u64>; NCACHE],
+    cache_capacity: [Cell<u64>; NCACHE],
+    cache_evictions: [Cell<u64>; NCACHE],
+}
+
+impl Default for AuthMetrics {
+    fn default() -> Self {
+        AuthMetrics {
+            provider: Cell::new(None),
+            outcomes: Default::default(),
+            latency: Default::default(),
+            cache_entries: Default::default(),
+            cache_capacity: Default::default(),
+            cache_evictions: Default::default(),
+        }
+    }
+}
+
+impl AuthMetrics {
+    /// Count one outcome.
+    pub fn outcome(&self, p: AuthProvider, rpc: AuthRpc, r: AuthResult) {
+        let c = &self.outcomes[p as usize][rpc as usize][r as usize];
+        c.set(c.get() + 1);
+    }
+
+    pub fn outcomes(&self, p: AuthProvider, rpc: AuthRpc, r: AuthResult) -> u64 {
+        self.outcomes[p as usize][rpc as usize][r as usize].get()
+    }
+
+    /// Record the duration of one RPC attempt (answered, failed or timed out).
+    pub fn latency(&self, p: AuthProvider, rpc: AuthRpc, d: Duration) {
+        let h = &self.latency[p as usize][rpc as usize];
+        let secs = d.as_secs_f64();
+        if let Some(i) = AUTH_LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            h.buckets[i].set(h.buckets[i].get() + 1);
+        }
+        h.count.set(h.count.get() + 1);
+        h.sum_us
+            .set(h.sum_us.get() + u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// RPC attempts timed for `(p, rpc)`.
+    pub fn latency_count(&self, p: AuthProvider, rpc: AuthRpc) -> u64 {
+        self.latency[p as usize][rpc as usize].count.get()
+    }
+
+    /// A cache's current size, capacity and evictions so far.
+    pub fn cache(&self, c: AuthCache, entries: usize, capacity: usize, evictions: u64) {
+        self.cache_entries[c as usize].set(entries as u64);
+        self.cache_capacity[c as usize].set(capacity as u64);
+        self.cache_evictions[c as usize].set(evictions);
+    }
+
+    pub fn cache_entries(&self, c: AuthCache) -> u64 {
+        self.cache_entries[c as usize].get()
+    }
+
+    fn render(&self, s: &mut String) {
+        let Some(p) = self.provider.get() else {
+            return;
+        };
+        s.push_str(
+            "# HELP fluxmq_edge_auth_requests_total Auth outcomes, by provider, RPC and result.\n\
+             # TYPE fluxmq_edge_auth_requests_total counter\n",
+        );
+        for &rpc in p.rpcs() {
+            for &r in AuthResult::ALL {
+                let _ = writeln!(
+                    s,
+                    "fluxmq_edge_auth_requests_total{{provider=\"{}\",rpc=\"{}\",result=\"{}\"}} {}",
+                    p.label(),
+                    rpc.label(),
+                    r.label(),
+                    self.outcomes(p, rpc, r)
+                );
+            }
+        }
+        s.push_str(
+            "# HELP fluxmq_edge_auth_rpc_duration_seconds Auth RPC latency (each attempt).\n\
+             # TYPE fluxmq_edge_auth_rpc_duration_seconds histogram\n",
+        );
+        for &rpc in p.rpcs().iter().filter(|&&r| r != AuthRpc::Local) {
+            let h = &self.latency[p as usize][rpc as usize];
+            let labels = format!("provider=\"{}\",rpc=\"{}\"", p.label(), rpc.label());
+            let mut cum = 0;
+            for (b, n) in AUTH_LATENCY_BUCKETS.iter().zip(&h.buckets) {
+                cum += n.get();
+                let _ = writeln!(
+                    s,
+                    "fluxmq_edge_auth_rpc_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cum}"
+                );
+            }
+            let _ = writeln!(
+                s,
+                "fluxmq_edge_auth_rpc_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
+                 fluxmq_edge_auth_rpc_duration_seconds_sum{{{labels}}} {}\n\
+                 fluxmq_edge_auth_rpc_duration_seconds_count{{{labels}}} {}",
+                h.count.get(),
+                h.sum_us.get() as f64 / 1e6,
+                h.count.get()
+            );
+        }
+        for (name, help, kind, cells) in [
+            (
+                "auth_cache_entries",
+                "Entries in each auth cache.",
+                "gauge",
+                &self.cache_entries,
+            ),
+            (
+                "auth_cache_capacity",
+                "Entry cap of each auth cache (its share of auth.identity_cache_size; 0 = off).",
+                "gauge",
+                &self.cache_capacity,
+            ),
+            (
+                "auth_cache_evictions_total",
+                "Live entries evicted from an auth cache because it was full.",
+                "counter",
+                &self.cache_evictions,
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP fluxmq_edge_{name} {help}\n# TYPE fluxmq_edge_{name} {kind}"
+            );
+            for &c in AuthCache::ALL {
+                let _ = writeln!(
+                    s,
+                    "fluxmq_edge_{name}{{cache=\"{}\"}} {}",
+                    c.label(),
+                    cells[c as usize].get()
+                );
+            }
+        }
+    }
+}
+
 const NDROP: usize = DropReason::ALL.len();
 const NCLOSE: usize = CloseReason::ALL.len();
 const NCOUNT: usize = Counter::ALL.len();
@@ -185,6 +416,7 @@ pub struct Metrics {
     /// Per limit: (refusals not yet logged, time of the last log line).
     limited_log: [(Cell<u64>, Cell<Option<Instant>>); NLIMIT],
     pub connections: Cell<u64>,
+    pub auth: AuthMetrics,
 }
 
 impl Default for Metrics {
@@ -200,6 +432,7 @@ impl Default for Metrics {
             limited: std::array::from_fn(|_| std::array::from_fn(|_| Cell::new(0))),
             limited_log: std::array::from_fn(|_| (Cell::new(0), Cell::new(None))),
             connections: Cell::new(0),
+            auth: AuthMetrics::default(),
         }
     }
 }
@@ -452,6 +685,7 @@ impl Metrics {
                 self.coap_count(c)
             );
         }
+        self.auth.render(&mut s);
         s
     }
 }
@@ -485,5 +719,60 @@ mod tests {
         for d in DropReason::ALL {
             assert!(text.contains(d.label()));
         }
+        assert!(
+            !text.contains("fluxmq_edge_auth_"),
+            "no auth series while auth is off"
+        );
+    }
+
+    #[test]
+    fn auth_series_for_the_provider_in_use() {
+        let m = Metrics::default();
+        m.auth.provider.set(Some(AuthProvider::Callout));
+        m.auth.outcome(
+            AuthProvider::Callout,
+            AuthRpc::Authorize,
+            AuthResult::Denied,
+        );
+        m.auth.latency(
+            AuthProvider::Callout,
+            AuthRpc::Authorize,
+            Duration::from_millis(3),
+        );
+        m.auth.latency(
+            AuthProvider::Callout,
+            AuthRpc::Authorize,
+            Duration::from_secs(9),
+        );
+        m.auth.cache(AuthCache::Decision, 5, 10, 2);
+        let text = m.render(&Gauges::default());
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        has(
+            r#"fluxmq_edge_auth_requests_total{provider="callout",rpc="authorize",result="denied"} 1"#,
+        );
+        has(r#"fluxmq_edge_auth_requests_total{provider="callout",rpc="local",result="ok"} 0"#);
+        has(
+            r#"fluxmq_edge_auth_rpc_duration_seconds_bucket{provider="callout",rpc="authorize",le="0.0025"} 0"#,
+        );
+        has(
+            r#"fluxmq_edge_auth_rpc_duration_seconds_bucket{provider="callout",rpc="authorize",le="0.005"} 1"#,
+        );
+        has(
+            r#"fluxmq_edge_auth_rpc_duration_seconds_bucket{provider="callout",rpc="authorize",le="5"} 1"#,
+        );
+        has(
+            r#"fluxmq_edge_auth_rpc_duration_seconds_bucket{provider="callout",rpc="authorize",le="+Inf"} 2"#,
+        );
+        has(r#"fluxmq_edge_auth_rpc_duration_seconds_count{provider="callout",rpc="authorize"} 2"#);
+        has(
+            r#"fluxmq_edge_auth_rpc_duration_seconds_sum{provider="callout",rpc="authorize"} 9.003"#,
+        );
+        has(r#"fluxmq_edge_auth_cache_entries{cache="decision"} 5"#);
+        has(r#"fluxmq_edge_auth_cache_capacity{cache="decision"} 10"#);
+        has(r#"fluxmq_edge_auth_cache_evictions_total{cache="decision"} 2"#);
+        assert!(
+            !text.contains("rpc=\"check\""),
+            "atom series not shown for callout"
+        );
     }
 }

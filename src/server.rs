@@ -179,7 +179,8 @@ async fn serve(
     signals: bool,
 ) -> Result<(), String> {
     let metrics = Rc::new(Metrics::default());
-    let broker = Broker::new(Limits::from_config(&cfg), metrics.clone());
+    let mut broker = Broker::new(Limits::from_config(&cfg), metrics.clone());
+    broker.auth = crate::auth::from_config(&cfg, ex.clone(), metrics.clone())?;
     let shared = Shared::new(broker, metrics, Rc::new(cfg.clone()));
     let mut addrs = BTreeMap::new();
     // Bind everything first, so that a bad address fails start-up before anything serves.

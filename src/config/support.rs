@@ -356,6 +356,14 @@ fn auth_warnings(a: &Auth, warn: &mut impl FnMut(&str, &str)) {
     } else if a.atom != Atom::default() {
         warn("auth.atom", "no effect unless auth.provider is atom");
     }
+    if !a.identity_cache_ttl.is_zero() {
+        warn(
+            "auth.identity_cache_ttl",
+            "accepted for FluxMQ compatibility; no effect (an identity is bound to its \
+             connection or request, never looked up again by client id; the atom caches \
+             have their own auth.atom.*_cache_ttl)",
+        );
+    }
     if kind == Ok(AuthProvider::Disabled) && !a.protocols.is_empty() {
         warn(
             "auth.protocols",

@@ -7,6 +7,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod fake_auth;
+
+#[cfg(feature = "auth-grpc")]
+mod auth_atom;
 
 mod caps;
 #[cfg(feature = "coap")]
