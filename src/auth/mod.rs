@@ -16,6 +16,7 @@
 #[cfg(feature = "auth-grpc")]
 pub mod atom;
 pub mod cache;
+pub mod callout;
 pub mod topic;
 
 use std::cell::Cell;
@@ -210,8 +211,6 @@ impl std::fmt::Debug for Auth {
 /// (empty = every protocol authenticates; otherwise only the keys set `true`). Reads the
 /// service token and TLS files now; connects to the upstream only when a client needs it.
 /// Errors name the key.
-// Until the callout lands, a build without auth-grpc has no provider to build.
-#[cfg_attr(not(feature = "auth-grpc"), allow(unreachable_code, unused_variables))]
 pub fn from_config(
     cfg: &Config,
     ex: Rc<LocalExecutor<'static>>,
@@ -234,10 +233,7 @@ pub fn from_config(
                     .into(),
             );
         }
-        AuthProvider::Callout => {
-            let _ = (ex, metrics);
-            return Err("auth.url: the callout provider is not built yet".into());
-        }
+        AuthProvider::Callout => Rc::new(callout::Callout::new(a, ex, metrics)?),
     };
     log::info!(
         "auth: provider {} for {}",
@@ -255,13 +251,11 @@ pub fn from_config(
 /// At most one log line per second for a kind of failure (an upstream outage must not flood
 /// the log), carrying how many were not logged since the previous line.
 #[derive(Debug, Default)]
-#[cfg_attr(not(feature = "auth-grpc"), allow(dead_code))]
 pub(crate) struct LogLimit {
     last: Cell<Option<Instant>>,
     suppressed: Cell<u64>,
 }
 
-#[cfg_attr(not(feature = "auth-grpc"), allow(dead_code))]
 impl LogLimit {
     pub(crate) fn warn(&self, msg: impl FnOnce() -> String) {
         let now = clock::now();

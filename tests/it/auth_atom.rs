@@ -9,95 +9,13 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use fluxmq_edge::auth::{
-    Action, Answer, Auth, Authn, CertIdentity, Credentials, Protocol, Provider, Secret,
-};
-use fluxmq_edge::metrics::{AuthCache, AuthProvider, AuthResult, AuthRpc, Metrics};
-use smol::LocalExecutor;
+use fluxmq_edge::auth::{Action, Answer, Authn, CertIdentity, Credentials, Protocol, Secret};
+use fluxmq_edge::metrics::{AuthCache, AuthProvider, AuthResult, AuthRpc};
 use tonic::Code;
 
-use crate::fake_auth::{CHANNEL, FakeAtom, Pki, TENANT, token_file};
+use crate::fake_auth::{CHANNEL, FakeAtom, Harness, Pki, TENANT, password, token, token_file};
 
 const SERVICE_TOKEN: &str = "atom_service_key_1";
-
-/// A provider built from configuration, on an executor of the test thread.
-pub struct Harness {
-    pub ex: Rc<LocalExecutor<'static>>,
-    pub auth: Auth,
-    pub metrics: Rc<Metrics>,
-}
-
-impl Harness {
-    pub fn new(yaml: &str) -> Harness {
-        Self::try_new(yaml).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    pub fn try_new(yaml: &str) -> Result<Harness, String> {
-        // A listener (never bound here) keeps the configuration valid.
-        let yaml = format!("server:\n  tcp: {{ v3: {{ addr: \"127.0.0.1:0\" }} }}\n{yaml}");
-        let cfg = fluxmq_edge::config::load_str(&yaml, "<test>").map_err(|e| e.to_string())?;
-        let ex = Rc::new(LocalExecutor::new());
-        let metrics = Rc::new(Metrics::default());
-        let auth = fluxmq_edge::auth::from_config(&cfg, ex.clone(), metrics.clone())?;
-        Ok(Harness { ex, auth, metrics })
-    }
-
-    pub fn provider(&self, p: Protocol) -> Rc<dyn Provider> {
-        self.auth
-            .for_protocol(p)
-            .unwrap_or_else(|| panic!("{p:?} requires auth"))
-            .clone()
-    }
-
-    /// The answer, and whether it came at once (no RPC).
-    pub fn wait<T>(&self, a: Answer<T>) -> (T, bool) {
-        match a {
-            Answer::Now(v) => (v, true),
-            Answer::Later(f) => (smol::block_on(self.ex.run(f)), false),
-        }
-    }
-
-    pub fn authn(&self, p: Protocol, creds: Credentials) -> (Authn, bool) {
-        self.wait(self.provider(p).authenticate(p, creds, Instant::now()))
-    }
-
-    pub fn authn_at(&self, p: Protocol, creds: Credentials, now: Instant) -> (Authn, bool) {
-        self.wait(self.provider(p).authenticate(p, creds, now))
-    }
-
-    pub fn authz(&self, p: Protocol, subject: &str, action: Action, topic: &str) -> (bool, bool) {
-        self.wait(
-            self.provider(p)
-                .authorize(p, &Rc::from(subject), action, topic, Instant::now()),
-        )
-    }
-
-    pub fn outcomes(&self, p: AuthProvider, rpc: AuthRpc, r: AuthResult) -> u64 {
-        self.metrics.auth.outcomes(p, rpc, r)
-    }
-
-    pub fn metrics_text(&self) -> String {
-        self.metrics.render(&Default::default())
-    }
-}
-
-pub fn password(user: &str, pw: &str) -> Credentials {
-    Credentials {
-        client_id: "client-1".into(),
-        username: user.into(),
-        secret: Secret::Password(pw.into()),
-        cert: None,
-    }
-}
-
-pub fn token(t: &str) -> Credentials {
-    Credentials {
-        client_id: "http:127.0.0.1:1".into(),
-        username: "domain".into(),
-        secret: Secret::Token(t.into()),
-        cert: None,
-    }
-}
 
 fn allowed(id: &str) -> Authn {
     Authn::Allowed(Rc::from(id))

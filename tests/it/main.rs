@@ -11,6 +11,7 @@ mod fake_auth;
 
 #[cfg(feature = "auth-grpc")]
 mod auth_atom;
+mod auth_callout;
 
 mod caps;
 #[cfg(feature = "coap")]
