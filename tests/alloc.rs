@@ -44,6 +44,12 @@ struct Counting;
 thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
     static FREES: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated and not freed by this thread (requested sizes, no malloc overhead).
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+}
+
+fn live(delta: i64) {
+    let _ = LIVE.try_with(|n| n.set(n.get() + delta));
 }
 
 fn bump(c: &'static std::thread::LocalKey<Cell<u64>>) {
@@ -54,21 +60,25 @@ fn bump(c: &'static std::thread::LocalKey<Cell<u64>>) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         bump(&ALLOCS);
+        live(layout.size() as i64);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         bump(&ALLOCS);
+        live(layout.size() as i64);
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         bump(&ALLOCS);
+        live(new_size as i64 - layout.size() as i64);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         bump(&FREES);
+        live(-(layout.size() as i64));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -263,4 +273,46 @@ fn qos1_publish_route_deliver_ack_allocations_per_message() {
     for v in [Version::V311, Version::V5] {
         check(v, QoS::AtLeastOnce, 16, 64, SMALL_ALLOCS_PER_MESSAGE);
     }
+}
+
+/// The auth caches at their cap (`auth.identity_cache_size` 10000, all three on) after
+/// 100,000 distinct credentials and topics: what they hold stays within the budget's
+/// per-entry figure (`budget::AUTH_CACHE_ENTRY`, which `--check-config` multiplies by the
+/// cap), and does not grow with the number of distinct keys seen.
+#[test]
+fn auth_caches_at_their_cap_stay_within_the_budget() {
+    use fluxmq_edge::auth::cache::{Caches, key};
+    let ttl = Duration::from_secs(60);
+    let now = Instant::now();
+    let before = LIVE.with(Cell::get);
+    let mut c = Caches::new(10_000, ttl, ttl, ttl);
+    let id: Rc<str> = Rc::from("6f1e2a4c-1b2d-4c3e-8f00-0123456789ab");
+    let mut at_cap = 0;
+    for i in 0u32..100_000 {
+        let n = i.to_le_bytes();
+        // A distinct entity id per credential, as Atom would answer.
+        c.authn.insert(
+            key(&[b"credential", &n]),
+            Rc::from(format!("{id}-{i}")),
+            now,
+        );
+        c.alias.insert(key(&[b"alias", &n]), id.clone(), now);
+        c.decision.insert(key(&[b"decision", &n]), i % 2 == 0, now);
+        if i == 20_000 {
+            at_cap = LIVE.with(Cell::get) - before;
+        }
+    }
+    let held = LIVE.with(Cell::get) - before;
+    let entries = (c.authn.len() + c.alias.len() + c.decision.len()) as i64;
+    assert_eq!(entries, 10_000);
+    let per_entry = held / entries;
+    println!("auth caches: {held} bytes for {entries} entries ({per_entry} B/entry)");
+    assert!(
+        per_entry as u64 <= fluxmq_edge::budget::AUTH_CACHE_ENTRY,
+        "{per_entry} B/entry over the budget's {}",
+        fluxmq_edge::budget::AUTH_CACHE_ENTRY
+    );
+    // Full since 10,000 inserts: 80,000 more distinct keys cost nothing more (within the
+    // hash table's and the B-tree's own slack).
+    assert!(held <= at_cap + at_cap / 4, "{held} vs {at_cap} at the cap");
 }

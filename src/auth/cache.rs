@@ -1,7 +1,8 @@
 //! Bounded TTL caches for auth answers (beyond FluxMQ, whose caches have no size bound).
 //!
-//! Owns: [`TtlCache`] (fixed capacity, one TTL, keys stored as SHA-256 digests so that no
-//! secret, token or topic is kept in clear and every key costs 32 bytes) and [`Caches`] (the
+//! Owns: [`TtlCache`] (fixed capacity, one TTL, keys stored as SHA-256 digests truncated to
+//! 128 bits, so that no secret, token or topic is kept in clear and every key costs 16
+//! bytes; a collision needs ~2^64 keys) and [`Caches`] (the
 //! three caches of a provider and how `auth.identity_cache_size` is split between them).
 //! Does not own what is cached when (the providers decide; denials go only to the decision
 //! cache, as in FluxMQ).
@@ -16,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{AuthCache, Metrics};
 
-/// A cache key: the SHA-256 of the key's parts (each part followed by a NUL byte).
-pub type Key = [u8; 32];
+/// A cache key: the first 128 bits of the SHA-256 of the key's parts (each part followed
+/// by a NUL byte).
+pub type Key = [u8; 16];
 
 /// Hashes `parts` into a [`Key`]. Parts are separated by NUL so that ("ab","c") and
 /// ("a","bc") differ.
@@ -27,8 +29,8 @@ pub fn key(parts: &[&[u8]]) -> Key {
         ctx.update(p);
         ctx.update(&[0]);
     }
-    let mut k = [0; 32];
-    k.copy_from_slice(ctx.finish().as_ref());
+    let mut k = [0; 16];
+    k.copy_from_slice(&ctx.finish().as_ref()[..16]);
     k
 }
 
@@ -308,5 +310,8 @@ mod tests {
         assert_ne!(key(&[b"ab", b"c"]), key(&[b"a", b"bc"]));
         let k = key(&[b"credential", b"user", b"hunter2"]);
         assert!(!k.windows(7).any(|w| w == b"hunter2"));
+        // The first 128 bits of SHA-256("credential\0user\0hunter2\0").
+        let full = ring::digest::digest(&ring::digest::SHA256, b"credential\0user\0hunter2\0");
+        assert_eq!(&k[..], &full.as_ref()[..16]);
     }
 }
