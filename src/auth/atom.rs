@@ -458,7 +458,11 @@ impl Inner {
                 self.count(rpc, AuthResult::Denied);
                 Authn::Denied
             }
-            Err(CallError::Status(code, msg)) if is_denial(code) => {
+            // An unknown certificate is a definite no too.
+            Err(CallError::Status(code, msg))
+                if is_denial(code)
+                    || (rpc == AuthRpc::ResolveCertificate && code == tonic::Code::NotFound) =>
+            {
                 log::debug!("atom: {}: {code:?} {msg}", rpc.label());
                 self.count(rpc, AuthResult::Denied);
                 Authn::Denied

@@ -58,80 +58,145 @@ pub const BREAKER_OPEN: Duration = Duration::from_secs(10);
 /// Requests admitted while half-open; that many successes in a row close it.
 pub const BREAKER_PROBES: u32 = 3;
 
-/// sony/gobreaker's state machine with FluxMQ's settings, on time passed in.
+/// The breaker's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Breaker {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { admitted: u32, successes: u32 },
+pub enum BreakerState {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `admitted` probes in flight or done, `successes` of them succeeded.
+    HalfOpen {
+        admitted: u32,
+        successes: u32,
+    },
+}
+
+/// sony/gobreaker's state machine with FluxMQ's settings, on time passed in. Every state
+/// change starts a new generation: the outcome of a request admitted in an earlier
+/// generation is ignored (a late answer cannot close or reopen the breaker), and a
+/// request given up by its caller (the client went away) is released, not counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breaker {
+    pub state: BreakerState,
+    generation: u64,
 }
 
 impl Default for Breaker {
     fn default() -> Self {
-        Breaker::Closed { failures: 0 }
+        Breaker {
+            state: BreakerState::Closed { failures: 0 },
+            generation: 0,
+        }
     }
 }
 
 impl Breaker {
+    fn set(&mut self, state: BreakerState) {
+        self.state = state;
+        self.generation += 1;
+    }
+
     /// Whether a request would be refused at `now` (no state change).
     pub fn is_open(&self, now: Instant) -> bool {
-        match self {
-            Breaker::Closed { .. } => false,
-            Breaker::Open { until } => now < *until,
-            Breaker::HalfOpen { admitted, .. } => *admitted >= BREAKER_PROBES,
+        match self.state {
+            BreakerState::Closed { .. } => false,
+            BreakerState::Open { until } => now < until,
+            BreakerState::HalfOpen { admitted, .. } => admitted >= BREAKER_PROBES,
         }
     }
 
-    /// Admits a request at `now` (counting it while half-open), or refuses it.
-    pub fn admit(&mut self, now: Instant) -> bool {
-        match self {
-            Breaker::Closed { .. } => true,
-            Breaker::Open { until } if now < *until => false,
-            Breaker::Open { .. } => {
-                *self = Breaker::HalfOpen {
-                    admitted: 1,
-                    successes: 0,
-                };
-                true
+    /// Admits a request at `now` (counting it while half-open): its generation, to report
+    /// its outcome with. `None`: refused.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        match &mut self.state {
+            BreakerState::Closed { .. } => {}
+            BreakerState::Open { until } if now < *until => return None,
+            BreakerState::Open { .. } => self.set(BreakerState::HalfOpen {
+                admitted: 1,
+                successes: 0,
+            }),
+            BreakerState::HalfOpen { admitted, .. } if *admitted >= BREAKER_PROBES => {
+                return None;
             }
-            Breaker::HalfOpen { admitted, .. } if *admitted >= BREAKER_PROBES => false,
-            Breaker::HalfOpen { admitted, .. } => {
-                *admitted += 1;
-                true
-            }
+            BreakerState::HalfOpen { admitted, .. } => *admitted += 1,
         }
+        Some(self.generation)
     }
 
-    pub fn success(&mut self) {
-        match self {
-            Breaker::Closed { failures } => *failures = 0,
-            Breaker::HalfOpen { successes, .. } => {
+    pub fn success(&mut self, generation: u64) {
+        if generation != self.generation {
+            return;
+        }
+        match &mut self.state {
+            BreakerState::Closed { failures } => *failures = 0,
+            BreakerState::HalfOpen { successes, .. } => {
                 *successes += 1;
                 if *successes >= BREAKER_PROBES {
-                    *self = Breaker::default();
+                    self.set(BreakerState::Closed { failures: 0 });
                 }
             }
-            Breaker::Open { .. } => {}
+            BreakerState::Open { .. } => {}
         }
     }
 
-    pub fn failure(&mut self, now: Instant) {
-        match self {
-            Breaker::Closed { failures } => {
+    pub fn failure(&mut self, generation: u64, now: Instant) {
+        if generation != self.generation {
+            return;
+        }
+        match &mut self.state {
+            BreakerState::Closed { failures } => {
                 *failures += 1;
                 if *failures >= BREAKER_FAILURES {
-                    *self = Breaker::Open {
+                    self.set(BreakerState::Open {
                         until: now + BREAKER_OPEN,
-                    };
+                    });
                 }
             }
-            Breaker::HalfOpen { .. } => {
-                *self = Breaker::Open {
-                    until: now + BREAKER_OPEN,
-                }
-            }
-            // A late answer to a request admitted before the breaker opened.
-            Breaker::Open { .. } => {}
+            BreakerState::HalfOpen { .. } => self.set(BreakerState::Open {
+                until: now + BREAKER_OPEN,
+            }),
+            BreakerState::Open { .. } => {}
+        }
+    }
+
+    /// The caller gave the request up (neither success nor failure): a half-open probe
+    /// slot is freed for another request.
+    pub fn cancel(&mut self, generation: u64) {
+        if generation != self.generation {
+            return;
+        }
+        if let BreakerState::HalfOpen { admitted, .. } = &mut self.state {
+            *admitted = admitted.saturating_sub(1);
+        }
+    }
+}
+
+/// A request the breaker admitted; released (not counted) if dropped without an outcome.
+struct Admitted<'a> {
+    breaker: &'a RefCell<Breaker>,
+    generation: u64,
+    done: bool,
+}
+
+impl Admitted<'_> {
+    fn success(mut self) {
+        self.done = true;
+        self.breaker.borrow_mut().success(self.generation);
+    }
+
+    fn failure(mut self, now: Instant) {
+        self.done = true;
+        self.breaker.borrow_mut().failure(self.generation, now);
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.borrow_mut().cancel(self.generation);
         }
     }
 }
@@ -506,7 +571,7 @@ impl Inner {
             if n > 0 {
                 smol::Timer::after(retry_delay(n - 1)).await;
             }
-            if !self.breaker.borrow_mut().admit(at()) {
+            let Some(generation) = self.breaker.borrow_mut().admit(at()) else {
                 self.count(rpc, AuthResult::BreakerOpen);
                 self.log.warn(|| {
                     format!(
@@ -515,7 +580,12 @@ impl Inner {
                     )
                 });
                 return Err(Fail::Error("circuit breaker open".into()));
-            }
+            };
+            let admitted = Admitted {
+                breaker: &self.breaker,
+                generation,
+                done: false,
+            };
             let t0 = clock::now();
             let r = smol::future::or(attempt(), async {
                 smol::Timer::after(self.timeout).await;
@@ -527,11 +597,11 @@ impl Inner {
                 .latency(P, rpc, clock::now().saturating_duration_since(t0));
             match r {
                 Ok(v) => {
-                    self.breaker.borrow_mut().success();
+                    admitted.success();
                     return Ok(v);
                 }
                 Err(e) => {
-                    self.breaker.borrow_mut().failure(at());
+                    admitted.failure(at());
                     last = e;
                 }
             }
@@ -661,60 +731,103 @@ fn grpc_fail(s: tonic::Status) -> Fail {
 mod tests {
     use super::*;
 
+    fn open(until: Instant) -> Breaker {
+        Breaker {
+            state: BreakerState::Open { until },
+            generation: 7,
+        }
+    }
+
     #[test]
     fn breaker_opens_after_5_consecutive_failures() {
         let t = Instant::now();
         let mut b = Breaker::default();
         for _ in 0..4 {
-            assert!(b.admit(t));
-            b.failure(t);
+            let g = b.admit(t).unwrap();
+            b.failure(g, t);
         }
         // A success resets the count: "consecutive".
-        b.success();
+        let g = b.admit(t).unwrap();
+        b.success(g);
         for _ in 0..4 {
-            b.failure(t);
+            b.failure(g, t);
         }
         assert!(!b.is_open(t));
-        b.failure(t);
+        b.failure(g, t);
         assert!(b.is_open(t));
-        assert!(!b.admit(t + Duration::from_secs(9)));
+        assert_eq!(b.admit(t + Duration::from_secs(9)), None);
+        assert!(b.admit(t + BREAKER_OPEN).is_some(), "half-open after 10 s");
     }
 
     #[test]
     fn breaker_half_open_admits_3_and_closes_after_3_successes() {
         let t = Instant::now();
-        let mut b = Breaker::Open { until: t };
-        assert!(b.admit(t));
-        assert!(b.admit(t));
-        assert!(b.admit(t));
-        assert!(!b.admit(t), "only 3 probes");
+        let mut b = open(t);
+        let g: Vec<u64> = (0..3).map(|_| b.admit(t).unwrap()).collect();
+        assert_eq!(b.admit(t), None, "only 3 probes");
         assert!(b.is_open(t));
-        b.success();
-        b.success();
-        assert!(matches!(b, Breaker::HalfOpen { .. }));
-        b.success();
-        assert_eq!(b, Breaker::Closed { failures: 0 });
-        assert!(b.admit(t));
+        b.success(g[0]);
+        b.success(g[1]);
+        assert!(matches!(b.state, BreakerState::HalfOpen { .. }));
+        b.success(g[2]);
+        assert_eq!(b.state, BreakerState::Closed { failures: 0 });
+        assert!(b.admit(t).is_some());
     }
 
     #[test]
-    fn breaker_half_open_failure_reopens() {
+    fn breaker_half_open_failure_reopens_and_late_answers_are_ignored() {
         let t = Instant::now();
-        let mut b = Breaker::Open { until: t };
-        assert!(b.admit(t));
-        b.failure(t);
+        let mut b = Breaker::default();
+        let stale = b.admit(t).unwrap();
+        b.state = BreakerState::Open { until: t };
+        b.generation += 1;
+        let g = b.admit(t).unwrap();
+        // A success admitted before the breaker opened does not count as a probe.
+        b.success(stale);
         assert_eq!(
-            b,
-            Breaker::Open {
+            b.state,
+            BreakerState::HalfOpen {
+                admitted: 1,
+                successes: 0
+            }
+        );
+        b.failure(g, t);
+        assert_eq!(
+            b.state,
+            BreakerState::Open {
                 until: t + BREAKER_OPEN
             }
         );
-        // A late failure while open changes nothing.
-        b.failure(t + Duration::from_secs(5));
+        // A late failure changes nothing either.
+        b.failure(g, t + Duration::from_secs(5));
         assert_eq!(
-            b,
-            Breaker::Open {
+            b.state,
+            BreakerState::Open {
                 until: t + BREAKER_OPEN
+            }
+        );
+    }
+
+    #[test]
+    fn breaker_probe_given_up_frees_its_slot() {
+        let t = Instant::now();
+        let cell = RefCell::new(open(t));
+        for _ in 0..5 {
+            // The client goes away while its probe is in flight.
+            let g = cell.borrow_mut().admit(t).unwrap();
+            drop(Admitted {
+                breaker: &cell,
+                generation: g,
+                done: false,
+            });
+        }
+        let g = cell.borrow_mut().admit(t);
+        assert!(g.is_some(), "never stuck half-open: {:?}", cell.borrow());
+        assert_eq!(
+            cell.borrow().state,
+            BreakerState::HalfOpen {
+                admitted: 1,
+                successes: 0
             }
         );
     }

@@ -436,3 +436,39 @@ fn metrics_render_callout_series() {
     }
     assert!(!text.contains("rpc=\"check\""));
 }
+
+#[test]
+fn caller_cancellation_is_not_a_failure() {
+    // TestExecuteWithBreakerDoesNotCountCallerCancellationAsFailure, *_HonoursCallerCancellation
+    both(|fake, h| {
+        fake.with(|s| {
+            s.user("dev", "pw", "ext-1");
+            s.delay = Duration::from_millis(300);
+        });
+        let p = h.provider(Protocol::Mqtt);
+        for _ in 0..6 {
+            // The client goes away 20 ms into its authentication: the future is dropped.
+            let Answer::Later(f) =
+                p.authenticate(Protocol::Mqtt, password("dev", "pw"), Instant::now())
+            else {
+                panic!("needs the callout");
+            };
+            let gone = smol::block_on(h.ex.run(smol::future::or(
+                async {
+                    f.await;
+                    false
+                },
+                async {
+                    smol::Timer::after(Duration::from_millis(20)).await;
+                    true
+                },
+            )));
+            assert!(gone);
+        }
+        fake.with(|s| s.delay = Duration::ZERO);
+        // Six abandoned calls did not open the breaker: this one goes to the callout.
+        let (r, now) = h.authn(Protocol::Mqtt, password("dev", "pw"));
+        assert_eq!((r, now), (Authn::Allowed(Rc::from("ext-1")), false));
+        assert_eq!(h.outcomes(C, AuthRpc::Authenticate, AuthResult::Error), 0);
+    });
+}
