@@ -13,6 +13,8 @@ mod fake_auth;
 mod auth_atom;
 mod auth_callout;
 
+#[cfg(all(feature = "http", feature = "coap"))]
+mod bridge_auth;
 mod caps;
 #[cfg(feature = "coap")]
 mod coap;
