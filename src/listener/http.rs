@@ -297,13 +297,17 @@ async fn publish(
         .cloned();
     let mut external_id = None;
     if let Some(provider) = provider {
-        if who.token.is_empty() || who.username.is_empty() {
-            return Err(Refused::Unauthorized);
-        }
+        // A token needs a username too (spec §2.2); without a token, the client certificate
+        // verified on an mTLS slot is the credential (Atom `ResolveCertificate`).
+        let secret = match (who.token.is_empty(), who.username.is_empty(), &cert) {
+            (false, false, _) => Secret::Token(who.token.clone()),
+            (true, _, Some(_)) => Secret::None,
+            _ => return Err(Refused::Unauthorized),
+        };
         let creds = Credentials {
             client_id: who.client_id.clone(),
             username: who.username.clone(),
-            secret: Secret::Token(who.token.clone()),
+            secret,
             cert,
         };
         let authn = match provider.authenticate(Protocol::Http, creds, clock::now()) {

@@ -185,3 +185,51 @@ fn coap_query_credentials_publish_and_observe() {
         2
     );
 }
+
+/// HTTPS on an mTLS slot: without a token, the verified client certificate is the
+/// credential (Atom `ResolveCertificate`); the publish is then authorized as usual.
+#[test]
+fn https_client_certificate_is_the_credential_without_a_token() {
+    use crate::tls::{BOTH, Pki, client_config, tls_open};
+    use std::io::{Read, Write};
+    let pki = Pki::new("bridge-auth");
+    let atom = FakeAtom::start();
+    atom.with(|s| {
+        s.certs.insert(pki.good.sha256(), "entity-cert".into());
+        s.allow("entity-cert", "publish", CHANNEL);
+    });
+    let auth = atom.config_yaml(&token_file(SERVICE_TOKEN), "").replacen(
+        "auth:\n",
+        "auth:\n  protocols: { http: true }\n",
+        1,
+    );
+    let b = start_yaml(&format!(
+        "server:\n  tcp: {{ v3: {{ addr: \"127.0.0.1:0\" }}, v5: {{ addr: \"127.0.0.1:0\" }} }}\n  health_addr: \"127.0.0.1:0\"\n  http: {{ mtls: {{ {} }} }}\n{auth}\n",
+        pki.slot(", client_auth: require"),
+    ));
+    let mut sub = Raw::v5(b.v5, "sub");
+    sub.sub("m/#", 0);
+    let config = client_config(&pki.ca.der(), Some(pki.good.client_auth()), BOTH);
+    let send = |path: &str| {
+        let (mut tls, _) = tls_open(b.addr("server.http.mtls"), config.clone()).expect("mTLS");
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        );
+        tls.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = tls.read_to_string(&mut out);
+        out
+    };
+    let out = send(&format!("/{}", topic(CHANNEL)));
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let m = sub.recv_publish();
+    assert!(
+        m.props
+            .pairs()
+            .contains(&("external_id".into(), "entity-cert".into()))
+    );
+    assert_eq!(atom.calls("ResolveCertificate"), 1);
+    // The certificate's device may not publish elsewhere.
+    let out = send(&format!("/{}", topic(OTHER)));
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+}

@@ -38,7 +38,7 @@ impl Leaf {
         )
     }
 
-    fn sha256(&self) -> String {
+    pub(crate) fn sha256(&self) -> String {
         sha256_hex(&self.der)
     }
 }
