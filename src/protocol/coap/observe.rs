@@ -35,6 +35,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_RETRANSMIT: u32 = 4;
 /// CON notifications in flight per endpoint (RFC 7252 §4.7 NSTART).
 pub const CON_WINDOW: usize = 1;
+/// RFC 7641 §4.5: a NON observer still gets a CON notification this often, so that an
+/// endpoint that went away is noticed (and its observation cancelled).
+pub const CON_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// NON notification Message IDs remembered per endpoint, to match an RST to its observation.
 const RECENT_NON: usize = 16;
 /// Deliveries turned into notifications per wake-up of an endpoint's task (fairness).
@@ -48,6 +51,9 @@ struct Observation {
     token: Vec<u8>,
     filter: String,
     con: bool,
+    /// When a CON notification was last sent (registration time at first): a NON observer
+    /// gets one CON at least every [`CON_EVERY`] (RFC 7641 §4.5).
+    con_at: Instant,
     seq: u32,
     szx: u8,
     /// The last notification's message when it was sent block-wise: the rest of it is
@@ -202,6 +208,7 @@ impl Observers {
             token,
             filter: filter.to_owned(),
             con,
+            con_at: now,
             seq: 1,
             szx,
             last: None,
@@ -359,7 +366,7 @@ impl Observers {
             let cons = p
                 .obs
                 .iter()
-                .filter(|o| o.con && topic::matches(&o.filter, front.msg.topic()))
+                .filter(|o| o.as_con(now) && topic::matches(&o.filter, front.msg.topic()))
                 .count();
             if cons > 0 && !p.inflight.is_empty() && p.inflight.len() + cons > CON_WINDOW {
                 break Poll::Idle; // woken by the ACK
@@ -378,12 +385,16 @@ impl Observers {
             for o in p.obs.iter_mut().filter(|o| topic::matches(&o.filter, t)) {
                 *mids = mids.wrapping_add(1);
                 let mid = *mids;
-                let bytes = notification(o, &d.msg, mid);
+                let con = o.as_con(now);
+                if con {
+                    o.con_at = now;
+                }
+                let bytes = notification(o, con, &d.msg, mid);
                 if o.last.is_some() {
                     held.retain(|(a, t)| !(*a == peer && *t == o.token));
                     held.push_back((peer, o.token.clone()));
                 }
-                if o.con {
+                if con {
                     let jitter = Duration::from_millis(u64::from(mid) * 7919 % 1000);
                     let timeout = ACK_TIMEOUT + jitter;
                     p.inflight.push(Pending {
@@ -426,11 +437,19 @@ fn next_seq(seq: u32) -> u32 {
     (seq + 1) & 0x00FF_FFFF
 }
 
-/// A notification (2.05 Content) of `m` for observation `o`.
-fn notification(o: &mut Observation, m: &Rc<Message>, mid: u16) -> Vec<u8> {
+impl Observation {
+    /// Is the next notification confirmable: a CON observation, or a NON one due its
+    /// periodic CON.
+    fn as_con(&self, now: Instant) -> bool {
+        self.con || now.saturating_duration_since(self.con_at) >= CON_EVERY
+    }
+}
+
+/// A notification (2.05 Content, CON or NON) of `m` for observation `o`.
+fn notification(o: &mut Observation, con: bool, m: &Rc<Message>, mid: u16) -> Vec<u8> {
     o.seq = next_seq(o.seq);
     let mut p = Packet::new();
-    p.header.set_type(if o.con {
+    p.header.set_type(if con {
         MessageType::Confirmable
     } else {
         MessageType::NonConfirmable

@@ -663,3 +663,39 @@ fn large_notifications_kept_for_their_blocks_are_bounded() {
         ResponseType::Content
     );
 }
+
+#[test]
+fn a_non_observer_gets_a_con_notification_every_24_hours() {
+    let (mut s, mut b, _) = setup(|_| {});
+    let start = Instant::now();
+    let (_, watch) = register(
+        &mut s,
+        &mut b,
+        peer(1),
+        &observe(1, 0x66, MessageType::NonConfirmable, "t", 0),
+        start,
+    );
+    let sig = watch.expect("signal");
+    let mut kinds = Vec::new();
+    for at in [
+        start,
+        start + observe::CON_EVERY,
+        start + observe::CON_EVERY + Duration::from_secs(1),
+    ] {
+        publish(&mut b, "t", b"v", None, at);
+        let mut out = Vec::new();
+        s.observers.poll(peer(1), &sig, &mut b, at, &mut out);
+        let n = decode(&out[0]);
+        kinds.push(n.header.get_type());
+        if n.header.get_type() == MessageType::Confirmable {
+            s.handle(
+                peer(1),
+                &msg::empty(MessageType::Acknowledgement, n.header.message_id),
+                &mut b,
+                at,
+            );
+        }
+    }
+    use MessageType::*;
+    assert_eq!(kinds, [NonConfirmable, Confirmable, NonConfirmable]);
+}
