@@ -57,14 +57,8 @@ const NOT_BUILT: &[NotBuilt] = &[
               serves Prometheus /metrics on server.health_addr); set it to false",
     },
     NotBuilt {
-        key: "auth.provider",
-        asked: |c| !c.auth.provider.is_empty(),
-        why: "client authentication (callout, atom) is not built yet in this version of \
-              fluxmq-edge; remove it",
-    },
-    NotBuilt {
         key: "auth.url",
-        asked: |c| !c.auth.url.is_empty(),
+        asked: |c| c.auth.provider_kind() == Ok(AuthProvider::Callout),
         why: "the auth callout is not built yet in this version of fluxmq-edge; remove it",
     },
     NotBuilt {
@@ -441,10 +435,6 @@ mod tests {
             (
                 |c| c.server.metrics_enabled = true,
                 "server.metrics_enabled: OTLP metrics export is not built yet",
-            ),
-            (
-                |c| c.auth.provider = "atom".into(),
-                "auth.provider: client authentication",
             ),
             (
                 |c| c.auth.url = "https://a:1".into(),

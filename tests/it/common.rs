@@ -342,6 +342,8 @@ pub struct Connect {
     pub keep_alive: u16,
     pub props: P,
     pub will: Option<WillSpec>,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
 }
 
 impl Connect {
@@ -354,6 +356,8 @@ impl Connect {
             keep_alive: 60,
             props: P::new(),
             will: None,
+            username: None,
+            password: None,
         }
     }
     pub fn v5(client_id: &str) -> Connect {
@@ -379,6 +383,12 @@ impl Connect {
         self.will = Some(w);
         self
     }
+    /// Username and password (either may be empty: the flag is still set).
+    pub fn user(mut self, username: &str, password: &str) -> Connect {
+        self.username = Some(username.into());
+        self.password = Some(password.as_bytes().to_vec());
+        self
+    }
     /// Only the level byte changes (the body keeps the layout of `v5`).
     pub fn level(mut self, level: u8) -> Connect {
         self.level = level;
@@ -398,6 +408,12 @@ impl Connect {
                 flags |= 0x20;
             }
         }
+        if self.username.is_some() {
+            flags |= 0x80;
+        }
+        if self.password.is_some() {
+            flags |= 0x40;
+        }
         b.push(flags);
         b.extend_from_slice(&self.keep_alive.to_be_bytes());
         if self.v5 {
@@ -410,6 +426,12 @@ impl Connect {
             }
             put_str(&mut b, &w.topic);
             put_bin(&mut b, &w.payload);
+        }
+        if let Some(u) = &self.username {
+            put_str(&mut b, u);
+        }
+        if let Some(p) = &self.password {
+            put_bin(&mut b, p);
         }
         frame(0x10, &b)
     }

@@ -12,6 +12,8 @@ mod fake_auth;
 #[cfg(feature = "auth-grpc")]
 mod auth_atom;
 mod auth_callout;
+#[cfg(feature = "auth-grpc")]
+mod auth_mqtt;
 
 #[cfg(all(feature = "http", feature = "coap"))]
 mod bridge_auth;

@@ -253,7 +253,11 @@ pub(crate) fn tls_open(
 }
 
 /// MQTT CONNECT over TLS: the client and its CONNACK, or why the broker refused.
-fn mqtt_connect(addr: SocketAddr, config: Arc<ClientConfig>, c: &Connect) -> Result<Raw, String> {
+pub(crate) fn mqtt_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    c: &Connect,
+) -> Result<Raw, String> {
     mqtt_connect_bytes(addr, config, c.v5, &c.bytes())
 }
 
