@@ -57,11 +57,6 @@ const NOT_BUILT: &[NotBuilt] = &[
               serves Prometheus /metrics on server.health_addr); set it to false",
     },
     NotBuilt {
-        key: "auth.url",
-        asked: |c| c.auth.provider_kind() == Ok(AuthProvider::Callout),
-        why: "the auth callout is not built yet in this version of fluxmq-edge; remove it",
-    },
-    NotBuilt {
         key: "cluster.enabled",
         asked: |c| c.cluster.enabled,
         why: "the cloud cluster link is not built yet in this version of fluxmq-edge; set it \
@@ -435,10 +430,6 @@ mod tests {
             (
                 |c| c.server.metrics_enabled = true,
                 "server.metrics_enabled: OTLP metrics export is not built yet",
-            ),
-            (
-                |c| c.auth.url = "https://a:1".into(),
-                "auth.url: the auth callout is not built yet",
             ),
             (
                 |c| c.cluster.enabled = true,

@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::fake_auth::{CHANNEL, FakeAtom, TENANT, token_file};
+use crate::fake_auth::{CHANNEL, FakeAtom, FakeCallout, TENANT, token_file};
 
 fn chan(sub: &str) -> String {
     format!("m/{TENANT}/c/{CHANNEL}/{sub}")
@@ -337,4 +337,24 @@ fn mtls_device_resolved_by_its_certificate() {
     mqtt_connect(mtls, device, &with_pw).unwrap();
     assert_eq!(atom.calls("AuthenticateCredential"), 1);
     assert_eq!(atom.calls("ResolveCertificate"), 1);
+}
+
+#[test]
+fn callout_grpc_and_http_authenticate_and_authorize_mqtt() {
+    for callout in [FakeCallout::start_grpc(), FakeCallout::start_http()] {
+        callout.with(|s| {
+            s.user("dev1", "pw", "ext-1");
+            s.allow("ext-1", "sensors/ok", "publish");
+            s.allow("ext-1", "sensors/#", "subscribe");
+        });
+        let b = start(&callout.config_yaml());
+        let (mut d, _) = Raw::connect_ok(b.v5, &Connect::v5("c1").user("dev1", "pw"));
+        assert_eq!(d.subscribe_opts("sensors/#", 1, &P::new()), vec![1]);
+        assert_eq!(d.pub1("sensors/ok", b"x"), 0);
+        assert_eq!(d.recv_publish_ack().payload, b"x");
+        assert_eq!(d.pub1("sensors/no", b"x"), 0x87);
+        let (_, ack) = Raw::connect(b.v3, &Connect::v3("c2").user("dev1", "bad"));
+        assert_eq!(ack.code, 4);
+        assert!(callout.total_calls() >= 4);
+    }
 }
