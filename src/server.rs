@@ -181,7 +181,14 @@ async fn serve(
     let metrics = Rc::new(Metrics::default());
     let mut broker = Broker::new(Limits::from_config(&cfg), metrics.clone());
     broker.auth = crate::auth::from_config(&cfg, ex.clone(), metrics.clone())?;
+    let auth = broker.auth.provider().cloned();
     let shared = Shared::new(broker, metrics, Rc::new(cfg.clone()));
+    if let Some(p) = auth {
+        shared
+            .reload_hooks
+            .borrow_mut()
+            .push(Box::new(move |cfg: &Config| p.reload(cfg)));
+    }
     let mut addrs = BTreeMap::new();
     // Bind everything first, so that a bad address fails start-up before anything serves.
     let mut mqtt_listeners = Vec::new();

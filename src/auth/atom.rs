@@ -48,8 +48,10 @@ pub struct Atom {
 
 struct Inner {
     chan: Channel,
-    /// `Bearer <service token>`, sent on every RPC but `Authenticate`.
-    bearer: MetadataValue<Ascii>,
+    /// `Bearer <service token>`, sent on every RPC but `Authenticate`; re-read on reload.
+    bearer: RefCell<MetadataValue<Ascii>>,
+    /// The `auth` section it was built from (a reload that changes it needs a restart).
+    cfg: config::Auth,
     /// Per operation: an authentication, or the alias resolution and check of one topic.
     timeout: Duration,
     caches: RefCell<Caches>,
@@ -119,12 +121,7 @@ impl Atom {
                 format!("auth.atom.{key}: {e}")
             })?)
         };
-        let token = service_token(atom)?;
-        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-            "auth.atom.service_token_env: the service token has characters not allowed in \
-             a gRPC header"
-                .to_string()
-        })?;
+        let bearer = bearer(atom)?;
         let timeout = a.effective_timeout();
         let chan = Channel::new("atom", Endpoint { host, port, tls }, ex, timeout)
             .map_err(|e| format!("auth.atom.grpc_addr: {e}"))?;
@@ -139,7 +136,8 @@ impl Atom {
         Ok(Atom {
             inner: Rc::new(Inner {
                 chan,
-                bearer,
+                bearer: RefCell::new(bearer),
+                cfg: a.clone(),
                 timeout,
                 caches: RefCell::new(caches),
                 metrics,
@@ -154,6 +152,16 @@ impl Atom {
     }
 }
 
+/// `Bearer <service token>` as gRPC metadata.
+fn bearer(a: &config::Atom) -> Result<MetadataValue<Ascii>, String> {
+    let token = service_token(a)?;
+    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        "auth.atom.service_token_env: the service token has characters not allowed in a gRPC \
+         header"
+            .to_string()
+    })
+}
+
 /// Strips a leading case-insensitive `bearer ` and trims (FluxMQ's token handling).
 fn strip_bearer(t: &str) -> &str {
     let t = t.trim();
@@ -166,6 +174,23 @@ fn strip_bearer(t: &str) -> &str {
 impl Provider for Atom {
     fn name(&self) -> &'static str {
         "atom"
+    }
+
+    fn reload(&self, cfg: &config::Config) {
+        let inner = &self.inner;
+        let mut unchanged = cfg.auth.clone();
+        unchanged.atom.service_token_env = inner.cfg.atom.service_token_env.clone();
+        unchanged.atom.service_token_file = inner.cfg.atom.service_token_file.clone();
+        if unchanged != inner.cfg {
+            log::warn!(
+                "auth: the auth section changed; only the Atom service token is applied live, \
+                 restart for the rest"
+            );
+        }
+        match bearer(&cfg.auth.atom) {
+            Ok(b) => *inner.bearer.borrow_mut() = b,
+            Err(e) => log::error!("auth: service token not reloaded, the old one stays: {e}"),
+        }
     }
 
     fn authenticate(&self, _protocol: Protocol, creds: Credentials, now: Instant) -> Answer<Authn> {
@@ -383,7 +408,7 @@ impl Inner {
         req.set_timeout(self.timeout);
         if service_token {
             req.metadata_mut()
-                .insert("authorization", self.bearer.clone());
+                .insert("authorization", self.bearer.borrow().clone());
         }
         req
     }

@@ -165,6 +165,10 @@ pub trait Provider {
         topic: &str,
         now: Instant,
     ) -> Answer<bool>;
+
+    /// SIGHUP with the newly loaded configuration: re-read what can change live (the Atom
+    /// service token); log what needs a restart. Default: nothing.
+    fn reload(&self, _cfg: &Config) {}
 }
 
 /// The configured provider and the per-protocol switches (`auth.protocols`).
@@ -187,6 +191,11 @@ impl Auth {
             provider: Some(provider),
             required: Protocol::ALL.map(required),
         }
+    }
+
+    /// The configured provider, whatever the protocol switches say.
+    pub fn provider(&self) -> Option<&Rc<dyn Provider>> {
+        self.provider.as_ref()
     }
 
     /// The provider that clients of `protocol` must pass, if any.

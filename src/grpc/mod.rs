@@ -222,8 +222,13 @@ mod channel {
             let stream = inner.endpoint.connect().await?;
             let (tx, conn) = http2::Builder::new(LocalExec(Rc::downgrade(&inner.ex)))
                 .timer(SmolTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
+                // Pings while idle too: calls are short (auth.timeout), so pings only while
+                // a stream is open would never notice an uplink that silently died (a NAT
+                // dropping the flow); this way a dead connection is closed within 30 s and
+                // the next call redials.
+                .keep_alive_interval(Duration::from_secs(20))
                 .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
                 .initial_stream_window_size(64 * 1024)
                 .initial_connection_window_size(256 * 1024)
                 .max_frame_size(16 * 1024)

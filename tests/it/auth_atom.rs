@@ -890,3 +890,38 @@ fn measure_authenticate_latency() {
          cached p50 {c50:?} p99 {c99:?}"
     );
 }
+
+#[test]
+fn reload_rereads_the_service_token() {
+    let fake = FakeAtom::start();
+    fake.with(|s| s.credential("dev", "pw", "e"));
+    let tok = token_file("key-1");
+    let yaml = fake.config_yaml(&tok, "");
+    let h = Harness::new(&yaml);
+    h.authn(Protocol::Mqtt, password("dev", "pw"));
+    std::fs::write(&tok, "key-2\n").unwrap();
+    let cfg = fluxmq_edge::config::load_str(
+        &format!("server:\n  tcp: {{ v3: {{ addr: \"127.0.0.1:0\" }} }}\n{yaml}"),
+        "<test>",
+    )
+    .unwrap();
+    h.provider(Protocol::Mqtt).reload(&cfg);
+    h.authn(Protocol::Mqtt, password("dev", "pw"));
+    // An empty token file on reload keeps the old token.
+    std::fs::write(&tok, "\n").unwrap();
+    h.provider(Protocol::Mqtt).reload(&cfg);
+    h.authn(Protocol::Mqtt, password("dev", "pw"));
+    let seen: Vec<Option<String>> = fake
+        .calls_of("AuthenticateCredential")
+        .into_iter()
+        .map(|c| c.authorization)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            Some("Bearer key-1".to_owned()),
+            Some("Bearer key-2".to_owned()),
+            Some("Bearer key-2".to_owned())
+        ]
+    );
+}
