@@ -358,3 +358,75 @@ fn callout_grpc_and_http_authenticate_and_authorize_mqtt() {
         assert!(callout.total_calls() >= 4);
     }
 }
+
+/// Figures, not a check: MQTT CONNECT -> CONNACK latency through the real binary against
+/// the fake Atom, uncached (one `AuthenticateCredential` RPC) and cached, next to no auth;
+/// then the broker's RSS with every auth cache at its cap.
+/// `cargo build --release && cargo test --release --test it measure_connect_latency_and_cache_rss -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_connect_latency_and_cache_rss() {
+    use crate::process::Process;
+    let n = 2000;
+    let atom = FakeAtom::start();
+    atom.with(|s| {
+        for i in 0..10_000 {
+            s.credential(&format!("dev-{i}"), "pw", &format!("e-{i}"));
+        }
+        for i in 0..6000 {
+            let id = format!("00000000-0000-4000-8000-{i:012}");
+            s.alias(TENANT, &format!("ch-{i}"), &id);
+            s.allow("e-0", "publish", &id);
+        }
+    });
+    let connect = |addr, i: usize, user: bool| {
+        let mut c = Connect::v5(&format!("c{i}"));
+        if user {
+            c = c.user(&format!("dev-{i}"), "pw");
+        }
+        let t = Instant::now();
+        let (r, ack) = Raw::connect(addr, &c);
+        let d = t.elapsed();
+        assert_eq!(ack.code, 0);
+        r.disconnect();
+        d
+    };
+    let pct = |mut v: Vec<Duration>| {
+        v.sort();
+        format!("p50 {:?} p99 {:?}", v[v.len() / 2], v[v.len() * 99 / 100])
+    };
+    let plain = Process::start_with("");
+    let none: Vec<_> = (0..n).map(|i| connect(plain.v5, i, false)).collect();
+    drop(plain);
+    let yaml = atom
+        .config_yaml(
+            &token_file("svc-token"),
+            "    authn_cache_ttl: 10m\n    alias_cache_ttl: 10m\n    decision_cache_ttl: 10m\n",
+        )
+        .replace("timeout: 500ms", "timeout: 5s");
+    let p = Process::start_with(&format!("{yaml}  identity_cache_size: 10000\n"));
+    let rss0 = p.rss();
+    let uncached: Vec<_> = (0..n).map(|i| connect(p.v5, i, true)).collect();
+    let cached: Vec<_> = (0..n).map(|i| connect(p.v5, i, true)).collect();
+    println!("CONNECT -> CONNACK over loopback, {n} clients one after another:");
+    println!("  no auth:                           {}", pct(none));
+    println!("  Atom, uncached (1 RPC):            {}", pct(uncached));
+    println!("  Atom, cached (no RPC):             {}", pct(cached));
+    // Fill the caches: authn (2,500 of 10,000) with distinct credentials, alias (2,500) and
+    // decision (5,000) with publishes to distinct alias channels.
+    for i in n..10_000 {
+        connect(p.v5, i, true);
+    }
+    let (mut c, _) = Raw::connect_ok(p.v5, &Connect::v5("filler").user("dev-0", "pw"));
+    for i in 0..6000 {
+        c.pub1(&format!("m/{TENANT}/c/ch-{i}/t"), b"x");
+    }
+    let rss1 = p.rss();
+    println!(
+        "RSS: {:.1} MiB after start, {:.1} MiB with every auth cache at its cap \
+         (identity_cache_size 10000): +{:.1} MiB",
+        rss0 as f64 / 1048576.0,
+        rss1 as f64 / 1048576.0,
+        (rss1 - rss0) as f64 / 1048576.0
+    );
+}

@@ -100,20 +100,25 @@ fn a_bad_configuration_stops_start_up_with_exit_1() {
 }
 
 /// The binary started on a temp config; its listener addresses read from its log.
-struct Process {
-    child: Child,
-    v3: SocketAddr,
-    v5: SocketAddr,
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) v3: SocketAddr,
+    pub(crate) v5: SocketAddr,
     _config: TempFile,
     lines: mpsc::Receiver<String>,
 }
 
 impl Process {
     fn start() -> Process {
+        Process::start_with("")
+    }
+
+    /// The binary with the test listeners and `extra` top-level YAML sections.
+    pub(crate) fn start_with(extra: &str) -> Process {
         // Port 0: the OS picks free ports, and the log says which.
-        let config = TempFile::new(
-            "server:\n  tcp: { v3: { addr: \"127.0.0.1:0\" }, v5: { addr: \"127.0.0.1:0\" } }\n  health_addr: \"127.0.0.1:0\"\n  shutdown_timeout: 5s\nlog: { level: info }\n",
-        );
+        let config = TempFile::new(&format!(
+            "server:\n  tcp: {{ v3: {{ addr: \"127.0.0.1:0\" }}, v5: {{ addr: \"127.0.0.1:0\" }} }}\n  health_addr: \"127.0.0.1:0\"\n  shutdown_timeout: 5s\nlog: {{ level: info }}\n{extra}"
+        ));
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&config.0)
@@ -159,6 +164,17 @@ impl Process {
             _config: config,
             lines,
         }
+    }
+
+    /// Resident memory of the process (VmRSS), bytes.
+    pub(crate) fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kb * 1024
     }
 
     fn signal(&self, sig: &str) {
