@@ -122,8 +122,9 @@ pub const COAP_PENDING_AUTH: u64 = 64;
 pub const COAP_BLOCKWISE: u64 = 16;
 pub const COAP_DATAGRAM: u64 = 1500;
 /// One remembered CoAP exchange: its map entry and order entry, and the cached response
-/// (at most one block of 1 KiB with its header and options).
-pub const COAP_EXCHANGE: u64 = 64 + 32 + 1152 + ALLOC;
+/// (at most one block of 1 KiB with its header and options); plus one endpoint's
+/// rate-limit buckets (`protocol::coap::buckets`: as many entries at most, 48 B + map slot).
+pub const COAP_EXCHANGE: u64 = 64 + 32 + 1152 + ALLOC + 64;
 /// One CoAP observation beyond its session and subscription (counted with the sessions):
 /// the endpoint entry, the notifier task, the observation, a CON notification in flight
 /// and the NON Message IDs remembered for RSTs. `bench/bridges.sh` measures 1.5 KiB per
@@ -685,7 +686,7 @@ fn bridges(
             "CoAP exchanges",
             Some(mul(coap_exchanges, COAP_EXCHANGE)),
             format!(
-                "{coap_exchanges} exchanges remembered for duplicates x {COAP_EXCHANGE} B                  (entry and cached response)"
+                "{coap_exchanges} exchanges remembered for duplicates x {COAP_EXCHANGE} B                  (entry, cached response, an endpoint's rate-limit buckets)"
             ),
             coap_keys.join(", "),
         );

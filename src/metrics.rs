@@ -94,6 +94,7 @@ reasons!(
         TlsReloadFailures => "tls_reload_failures_total",
         RateLimitOverflow => "ratelimit_ip_overflow_total",
         CoapExchangesEvicted => "coap_exchanges_evicted_total",
+        CoapBucketsOverflow => "coap_ratelimit_overflow_total",
         CoapObserversRegistered => "coap_observers_registered_total",
         CoapObserversCancelled => "coap_observers_cancelled_total",
     }

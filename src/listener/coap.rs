@@ -8,7 +8,9 @@
 //! server's once-a-second deadline sweep).
 //!
 //! Rate limit: every request that passes the message layer (publish, observe) takes a
-//! token of its source IP's `ratelimit.connection` bucket; refused: 4.29 with Max-Age.
+//! token of its source IP's `ratelimit.connection` bucket here; refused: 4.29 with Max-Age.
+//! The per-client message and subscribe limits are the state machine's (per source
+//! endpoint, `protocol::coap::buckets`).
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, UdpSocket};
@@ -90,7 +92,8 @@ pub async fn serve(
                 if e.kind() != std::io::ErrorKind::TimedOut {
                     log::debug!("{}: recv: {e}", spec.name);
                 }
-                ctx.server.borrow_mut().tick(now);
+                let broker = ctx.shared.broker.borrow();
+                ctx.server.borrow_mut().tick(&broker, now);
                 continue;
             }
         };

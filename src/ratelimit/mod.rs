@@ -42,17 +42,21 @@
 //!   core): `broker.ratelimit.allow_message(&mut buckets, Protocol::X, client_id, now)`.
 //!   MQTT: `protocol::mqtt::conn` (v5 QoS 1 PUBACK 0x97, QoS 2 PUBREC 0x97, QoS 0 dropped; v3
 //!   QoS 0 dropped, QoS>0 disconnect). HTTP publish (`listener::http`, bucket per
-//!   keep-alive connection): 429 with `Retry-After`. CoAP publish:
-//!   4.29 with Max-Age. AMQP 1.0 transfer: rejected disposition `amqp:resource-limit-exceeded`.
+//!   keep-alive connection): 429 with `Retry-After`. CoAP publish
+//!   (`protocol::coap::Server::complete`, buckets per source endpoint): 4.29 with Max-Age. AMQP 1.0 transfer: rejected disposition `amqp:resource-limit-exceeded`.
 //!   AMQP 0.9.1 basic.publish: `channel.close` 406 (PRECONDITION_FAILED; the protocol has no
 //!   per-message refusal, and connection.blocked would stop every publisher on the
 //!   connection, not the one over its rate).
 //! * **Subscribe paths**, once per subscription entry:
-//!   `broker.ratelimit.allow_subscribe(&mut buckets, Protocol::X, client_id, now)`.
+//!   `broker.ratelimit.allow_subscribe(&mut buckets, Protocol::X, client_id, now)`. MQTT:
+//!   SUBACK 0x97 (v5) / 0x80 (v3) for that entry. CoAP Observe registration: 4.29 with
+//!   Max-Age.
 //!
 //! `buckets` is a [`ClientBuckets`] owned by the connection (MQTT `Conn`, an HTTP keep-alive
-//! connection, an AMQP connection; CoAP over DTLS: the DTLS session); plain CoAP has none and
-//! relies on the per-datagram source check.
+//! connection, an AMQP connection). CoAP has no connection: its buckets are kept per source
+//! endpoint (ip:port) in a map capped at the slot's `max_connections`, holding only buckets
+//! in debt, unknown endpoints sharing one overflow pair when it is full
+//! (`protocol::coap::buckets`, [`ClientLimits::is_full`] decides what can be forgotten).
 
 mod ip;
 
@@ -288,6 +292,19 @@ impl ClientLimits {
         let [_, message, subscribe] = cfg.buckets();
         self.message = Gate::from_bucket(cfg.enabled, &message.1);
         self.subscribe = Gate::from_bucket(cfg.enabled, &subscribe.1);
+    }
+
+    /// Either per-client limit is on: buckets are worth keeping.
+    pub fn is_on(&self) -> bool {
+        self.message.is_on() || self.subscribe.is_on()
+    }
+
+    /// `b` is full again at `now` under the limits in force: forgetting it (a later request
+    /// starting from a fresh [`ClientBuckets`]) would change no answer.
+    pub fn is_full(&self, b: &ClientBuckets, now: Instant) -> bool {
+        let at = self.epoch.map_or(0, |e| since(e, now));
+        (!self.message.is_on() || self.message.is_full(b.message, at))
+            && (!self.subscribe.is_on() || self.subscribe.is_full(b.subscribe, at))
     }
 
     /// One PUBLISH (HTTP publish, CoAP publish, AMQP transfer / basic.publish) of client

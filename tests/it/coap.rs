@@ -455,3 +455,90 @@ fn over_the_rate_limit_is_4_29_with_max_age() {
     assert_eq!(coap_count(&b, "4.29"), 1);
     assert_eq!(b.value("messages_received_total"), 2);
 }
+
+const REFUSED_COAP_MSG: &str =
+    "fluxmq_edge_ratelimit_refused_total{limit=\"message\",protocol=\"coap\"}";
+const REFUSED_COAP_SUB: &str =
+    "fluxmq_edge_ratelimit_refused_total{limit=\"subscribe\",protocol=\"coap\"}";
+
+#[test]
+fn publishes_over_the_message_limit_are_4_29_per_endpoint() {
+    // One token every 100 s: no refill during the test.
+    let (b, coap) = start_coap(
+        "ratelimit: { enabled: true, connection: { enabled: false }, message: { rate: 0.01, burst: 2 } }",
+    );
+    let mut sub = Raw::v5(b.v5, "sub");
+    sub.sub("m/#", 0);
+    let mut a = Client::new(coap);
+    assert_eq!(code(&a.post("m/1", b"1")), ResponseType::Changed);
+    assert_eq!(code(&a.post("m/2", b"2")), ResponseType::Changed);
+    let r = a.post("m/3", b"3");
+    assert_eq!(code(&r), ResponseType::TooManyRequests);
+    assert_eq!(uint(&r, CoapOption::MaxAge), Some(100), "retry in 100 s");
+    assert_eq!(r.payload, b"rate limit exceeded");
+    // A NON publish over the limit is refused too (a NON 4.29).
+    let p = a.build(
+        MessageType::NonConfirmable,
+        RequestType::Put,
+        "m/4",
+        &[],
+        b"4",
+    );
+    let r = a.call(&p);
+    assert_eq!(code(&r), ResponseType::TooManyRequests);
+    assert_eq!(r.header.get_type(), MessageType::NonConfirmable);
+    // Another endpoint (same IP, another port) has its own bucket.
+    let mut other = Client::new(coap);
+    assert_eq!(code(&other.post("m/5", b"5")), ResponseType::Changed);
+    let got: Vec<Vec<u8>> = (0..3).map(|_| sub.recv_publish().payload).collect();
+    assert_eq!(got, [b"1".to_vec(), b"2".to_vec(), b"5".to_vec()]);
+    sub.expect_nothing(Duration::from_millis(200));
+    assert_eq!(b.metric(REFUSED_COAP_MSG), 2);
+    assert_eq!(coap_count(&b, "4.29"), 2);
+    assert_eq!(b.value("messages_received_total"), 3);
+}
+
+#[test]
+fn observe_registrations_over_the_subscribe_limit_are_4_29() {
+    let (b, coap) = start_coap(
+        "ratelimit: { enabled: true, connection: { enabled: false }, subscribe: { rate: 0.01, burst: 1 } }",
+    );
+    let mut obs = Client::new(coap);
+    register(&mut obs, MessageType::Confirmable, "s/a");
+    b.wait_value("subscriptions", |n| n == 1);
+    let mut p = obs.build(MessageType::Confirmable, RequestType::Get, "s/b", &[], b"");
+    p.add_option(CoapOption::Observe, vec![]);
+    let r = obs.call(&p);
+    assert_eq!(code(&r), ResponseType::TooManyRequests);
+    assert_eq!(uint(&r, CoapOption::MaxAge), Some(100));
+    assert!(uint(&r, CoapOption::Observe).is_none(), "not registered");
+    assert_eq!(b.metric(REFUSED_COAP_SUB), 1);
+    assert_eq!(b.value("subscriptions"), 1);
+    // Publishing is another bucket (message limit off here), and the first observation
+    // keeps being served.
+    assert_eq!(code(&obs.post("s/a", b"x")), ResponseType::Changed);
+    let n = obs.recv();
+    assert_eq!(n.payload, b"x");
+}
+
+#[test]
+fn endpoint_buckets_are_capped_and_unknown_endpoints_share_one_beyond() {
+    // max_connections 2: two endpoints tracked; beyond, one shared overflow bucket.
+    let b = start_yaml(
+        "server:\n  tcp: { v3: { addr: \"127.0.0.1:0\" }, v5: { addr: \"127.0.0.1:0\" } }\n  health_addr: \"127.0.0.1:0\"\n  \
+         coap: { plain: { addr: \"127.0.0.1:0\", max_connections: 2 } }\n\
+         ratelimit: { enabled: true, connection: { enabled: false }, message: { rate: 0.01, burst: 1 } }\n",
+    );
+    let coap = b.addr("server.coap.plain");
+    let mut c: Vec<Client> = (0..4).map(|_| Client::new(coap)).collect();
+    assert_eq!(code(&c[0].post("o", b"a")), ResponseType::Changed);
+    assert_eq!(code(&c[1].post("o", b"b")), ResponseType::Changed);
+    // The map is full of buckets in debt: the third and fourth endpoints share one.
+    assert_eq!(code(&c[2].post("o", b"c")), ResponseType::Changed);
+    assert_eq!(code(&c[3].post("o", b"d")), ResponseType::TooManyRequests);
+    // Tracked endpoints keep their own (empty) buckets: not reset by the newcomers.
+    assert_eq!(code(&c[0].post("o", b"e")), ResponseType::TooManyRequests);
+    assert_eq!(b.value("coap_ratelimit_overflow_total"), 2);
+    assert_eq!(b.metric(REFUSED_COAP_MSG), 2);
+    assert_eq!(b.value("messages_received_total"), 3);
+}

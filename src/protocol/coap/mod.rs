@@ -14,6 +14,7 @@
 //! builds the response. The response is cached under the request's Message ID so that a
 //! retransmitted CON gets the same answer without a second publish.
 
+pub mod buckets;
 pub mod msg;
 pub mod observe;
 
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
-use crate::auth::Action;
+use crate::auth::{Action, Protocol};
 use crate::broker::Broker;
 use crate::broker::message::Message;
 use crate::broker::session::Signal;
@@ -162,6 +163,9 @@ pub struct Server {
     order: VecDeque<(Instant, SocketAddr, u16)>,
     uploads: HashMap<SocketAddr, Upload>,
     pub observers: observe::Observers,
+    /// Per-endpoint `ratelimit.message` / `ratelimit.subscribe` buckets, capped like the
+    /// exchanges.
+    buckets: buckets::EndpointBuckets,
     next_mid: u16,
 }
 
@@ -174,6 +178,7 @@ impl Server {
             order: VecDeque::new(),
             uploads: HashMap::new(),
             observers: observe::Observers::new(lim.max_observers, lim.max_observers_per_peer),
+            buckets: buckets::EndpointBuckets::default(),
             next_mid: seed,
         }
     }
@@ -184,6 +189,11 @@ impl Server {
 
     pub fn exchanges(&self) -> usize {
         self.exchanges.len()
+    }
+
+    /// Endpoints whose rate-limit buckets are tracked.
+    pub fn tracked_buckets(&self) -> usize {
+        self.buckets.len()
     }
 
     fn mid(&mut self) -> u16 {
@@ -539,6 +549,27 @@ impl Server {
                 return done;
             }
         };
+        // The per-client limits (`ratelimit.message` for a publish, `ratelimit.subscribe` for
+        // an Observe registration), on the endpoint's buckets: 4.29 with Max-Age (RFC 8516).
+        let who = identity.client_id.as_str();
+        let limits = &broker.ratelimit;
+        let allowed = self.buckets.with(
+            peer,
+            self.lim.max_exchanges,
+            limits,
+            &self.metrics,
+            now,
+            |b| match &kind {
+                Kind::Publish { .. } => limits.allow_message(b, Protocol::Coap, who, now),
+                Kind::Observe { .. } => limits.allow_subscribe(b, Protocol::Coap, who, now),
+            },
+        );
+        if let Err(refusal) = allowed {
+            let mut r = Reply::error(ResponseType::TooManyRequests, "rate limit exceeded");
+            r.max_age = Some(u32::try_from(refusal.retry_after_secs()).unwrap_or(u32::MAX));
+            done.reply = Some(self.answer(peer, &packet, r));
+            return done;
+        }
         let reply = match kind {
             Kind::Publish {
                 topic,
@@ -639,9 +670,11 @@ impl Server {
         }
     }
 
-    /// Housekeeping (about once a second): expired exchanges and stale uploads.
-    pub fn tick(&mut self, now: Instant) {
+    /// Housekeeping (about once a second): expired exchanges, stale uploads, and rate-limit
+    /// buckets that are full again.
+    pub fn tick(&mut self, broker: &Broker, now: Instant) {
         self.expire(now);
+        self.buckets.sweep(&broker.ratelimit, now);
         self.uploads
             .retain(|_, u| now.saturating_duration_since(u.last) < UPLOAD_IDLE);
     }

@@ -699,3 +699,48 @@ fn a_non_observer_gets_a_con_notification_every_24_hours() {
     use MessageType::*;
     assert_eq!(kinds, [NonConfirmable, Confirmable, NonConfirmable]);
 }
+
+#[test]
+fn message_buckets_per_endpoint_are_freed_once_full_again() {
+    let (mut s, mut b, m) = setup(|l| l.max_exchanges = 2);
+    let t0 = Instant::now();
+    let cfg: crate::config::RateLimit = serde_yaml::from_str(
+        "{ enabled: true, connection: { enabled: false }, message: { rate: 1, burst: 1 } }",
+    )
+    .unwrap();
+    b.ratelimit.configure(&cfg, t0);
+    let post = |s: &mut Server, b: &mut Broker, port: u16, mid: u16, now: Instant| {
+        let p = req(MessageType::Confirmable, RequestType::Post, mid, "t");
+        code(&roundtrip(s, b, peer(port), &bytes(&p), now).expect("a response"))
+    };
+    assert_eq!(post(&mut s, &mut b, 1, 1, t0), ResponseType::Changed);
+    assert_eq!(
+        post(&mut s, &mut b, 1, 2, t0),
+        ResponseType::TooManyRequests
+    );
+    assert_eq!(post(&mut s, &mut b, 2, 3, t0), ResponseType::Changed);
+    assert_eq!(s.tracked_buckets(), 2);
+    // Still in debt: the sweep keeps them.
+    s.tick(&b, t0 + Duration::from_millis(500));
+    assert_eq!(s.tracked_buckets(), 2);
+    // Full again after 1 s: forgotten (a fresh bucket would answer the same).
+    let t1 = t0 + Duration::from_secs(1);
+    s.tick(&b, t1);
+    assert_eq!(s.tracked_buckets(), 0);
+    assert_eq!(post(&mut s, &mut b, 1, 4, t1), ResponseType::Changed);
+    assert_eq!(s.tracked_buckets(), 1);
+    assert_eq!(
+        m.rate_limited(
+            crate::ratelimit::Limit::Message,
+            crate::auth::Protocol::Coap
+        ),
+        1
+    );
+    // The limits switched off: nothing is kept.
+    b.ratelimit
+        .configure(&crate::config::RateLimit::default(), t1);
+    s.tick(&b, t1);
+    assert_eq!(s.tracked_buckets(), 0);
+    assert_eq!(post(&mut s, &mut b, 3, 5, t1), ResponseType::Changed);
+    assert_eq!(s.tracked_buckets(), 0);
+}
