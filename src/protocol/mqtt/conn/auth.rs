@@ -89,6 +89,8 @@ impl Conn {
             a.verdict = Some(verdict);
             a.waiting = false;
         }
+        // The wait was the broker's, not a silence of the client: keep-alive counts anew.
+        self.last_rx = now;
         self.consume(&[], broker, now);
         // An answer meant for a packet that did not ask again is stale: never reuse it.
         if let Some(a) = self.auth.as_mut() {
@@ -659,6 +661,38 @@ mod tests {
             "each PUBLISH asked once, with the connection's external id"
         );
         assert!(!t.conn.is_closed());
+    }
+
+    #[test]
+    fn keep_alive_does_not_expire_while_a_packet_waits_for_auth() {
+        let mut t = setup(Version::V5);
+        t.p.authn
+            .borrow_mut()
+            .push_back(Some(Authn::Allowed("e".into())));
+        let mut c = connect("ka");
+        if let Packet::Connect(c) = &mut c {
+            c.keep_alive = 1;
+        }
+        t.send(&[c]);
+        assert_eq!(t.out(), ["CONNACK Success"]);
+        t.p.authz.borrow_mut().push_back(None);
+        t.send(&[publish(1, "a")]);
+        // 5 s later (keep-alive limit 1.5 s) the answer is still awaited: not a timeout.
+        let later = t.now + Duration::from_secs(5);
+        assert_eq!(t.conn.next_deadline(&t.broker), None);
+        t.conn.handle_timeout(&mut t.broker, later);
+        assert!(!t.conn.is_closed());
+        t.now = later;
+        t.resume(Verdict::Allow(true));
+        assert_eq!(t.out(), ["PUBACK 1 NoMatchingSubscribers"]);
+        // Keep-alive counts again from the answer (the wait was not the client's silence).
+        assert!(t.conn.next_deadline(&t.broker).is_some());
+        t.conn
+            .handle_timeout(&mut t.broker, later + Duration::from_secs(1));
+        assert!(!t.conn.is_closed());
+        t.conn
+            .handle_timeout(&mut t.broker, later + Duration::from_secs(2));
+        assert!(t.conn.is_closed(), "keep-alive applies again once answered");
     }
 
     #[test]

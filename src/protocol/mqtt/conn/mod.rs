@@ -359,7 +359,9 @@ impl Conn {
             return self.connect_deadline;
         };
         let mut next = None;
-        if self.keep_alive > 0 {
+        // While a packet waits for an auth answer the client is not silent, the broker is:
+        // no keep-alive deadline then (the provider's own deadline ends the wait).
+        if self.keep_alive > 0 && !self.is_waiting() {
             next = Some(self.last_rx + keep_alive_limit(self.keep_alive));
         }
         if self.version == Some(Version::V311)
@@ -386,7 +388,10 @@ impl Conn {
             return;
         };
         let key = a.key;
-        if self.keep_alive > 0 && now >= self.last_rx + keep_alive_limit(self.keep_alive) {
+        if self.keep_alive > 0
+            && !self.is_waiting()
+            && now >= self.last_rx + keep_alive_limit(self.keep_alive)
+        {
             // [MQTT-3.1.2-24]: nothing received within 1.5 x keep-alive.
             log::info!("client {:?}: keep-alive timeout", self.client_id);
             self.disconnect_with(ReasonCode::KeepAliveTimeout, None);
