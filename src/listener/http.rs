@@ -63,40 +63,13 @@ pub async fn accept_loop(
     listener: Async<TcpListener>,
     spec: Rc<Spec>,
 ) {
-    loop {
-        let stop = shared.shutdown.listen();
-        if shared.shutting_down.get() {
-            break;
-        }
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            stop.await;
-            None
-        })
-        .await;
-        let (stream, peer) = match accepted {
-            None => break,
-            Some(Ok(x)) => x,
-            Some(Err(e)) => {
-                log::warn!("{}: accept failed: {e}", spec.name);
-                Timer::after(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // The connection rate limit per source IP, before max_connections.
-        if shared.admit(peer, Protocol::Http).is_err() {
-            continue; // dropping the stream closes it
-        }
-        if spec.max_connections > 0 && spec.active.get() >= spec.max_connections {
-            shared.metrics.closed(CloseReason::ListenerFull);
-            log::warn!(
-                "{}: connection from {peer} refused: max_connections ({}) reached",
-                spec.name,
-                spec.max_connections
-            );
-            continue;
-        }
-        let _ = stream.get_ref().set_nodelay(true);
-        shared.metrics.add(Counter::ConnectionsAccepted, 1);
+    let gate = super::Gate {
+        name: &spec.name,
+        protocol: Protocol::Http,
+        max_connections: spec.max_connections,
+        active: &spec.active,
+    };
+    let serve = |stream, peer| {
         // Counted against max_connections from now (while a TLS handshake runs too).
         let slot = Slot::take(&spec);
         match spec.tls.clone() {
@@ -113,8 +86,9 @@ pub async fn accept_loop(
             }
         }
         .detach();
-    }
-    log::debug!("{}: accept loop stopped", spec.name);
+    };
+    // Over the connection rate limit: dropping the stream closes it.
+    super::accept_until_shutdown(&shared, &listener, gate, serve, |_, _, _| {}).await;
 }
 
 /// Serve one connection (plain or TLS) until it closes, its idle timeout passes, or the

@@ -13,15 +13,19 @@ pub mod tls;
 pub mod ws;
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use futures_lite::future;
+use smol::{Async, Timer};
 
 use crate::auth::Protocol;
 use crate::broker::Broker;
 use crate::broker::session::Signal;
 use crate::clock;
 use crate::config::Config;
-use crate::metrics::{CloseReason, Metrics};
+use crate::metrics::{CloseReason, Counter, Metrics};
 use crate::ratelimit::{IpLimiter, Refusal};
 
 /// What every listener task shares: the core, the metrics, the shared read buffer, and the
@@ -158,4 +162,70 @@ pub fn close_reason(e: &std::io::Error) -> CloseReason {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<Refused>())
         .map_or(CloseReason::IoError, |r| r.reason)
+}
+
+/// What the accept loop of a TCP listener slot needs of it.
+pub struct Gate<'a> {
+    /// Config key of the slot, for logs.
+    pub name: &'a str,
+    /// For the per-IP connection rate limit's metrics.
+    pub protocol: Protocol,
+    /// 0 = unlimited.
+    pub max_connections: usize,
+    /// Open (and handshaking) connections of the slot.
+    pub active: &'a Cell<usize>,
+}
+
+/// The one accept loop of every TCP listener (MQTT, TLS, WebSocket, HTTP): accept until
+/// shutdown; the per-IP connection rate limit first (before `max_connections` and before
+/// anything is read or written, so before any TLS handshake: a refused connection goes to
+/// `limited`, already counted and logged), then the slot's `max_connections` (counted,
+/// closed), then `TCP_NODELAY` and `serve`, which spawns the connection's task.
+pub async fn accept_until_shutdown(
+    shared: &Shared,
+    listener: &Async<TcpListener>,
+    gate: Gate<'_>,
+    mut serve: impl FnMut(Async<TcpStream>, SocketAddr),
+    mut limited: impl FnMut(Async<TcpStream>, SocketAddr, Refusal),
+) {
+    let name = gate.name;
+    loop {
+        let stop = shared.shutdown.listen();
+        if shared.shutting_down.get() {
+            break;
+        }
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        let (stream, peer) = match accepted {
+            None => break,
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                // EMFILE and friends: log, back off briefly, keep serving.
+                log::warn!("{name}: accept failed: {e}");
+                Timer::after(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(refusal) = shared.admit(peer, gate.protocol) {
+            limited(stream, peer, refusal);
+            continue;
+        }
+        if gate.max_connections > 0 && gate.active.get() >= gate.max_connections {
+            shared.metrics.closed(CloseReason::ListenerFull);
+            log::warn!(
+                "{name}: connection from {peer} refused: max_connections ({}) reached",
+                gate.max_connections
+            );
+            continue; // dropping the stream closes it before anything is answered
+        }
+        if let Err(e) = stream.get_ref().set_nodelay(true) {
+            log::debug!("{name}: TCP_NODELAY on {peer}: {e}");
+        }
+        shared.metrics.add(Counter::ConnectionsAccepted, 1);
+        serve(stream, peer);
+    }
+    log::debug!("{name}: accept loop stopped");
 }

@@ -16,8 +16,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite, future};
-use smol::{Async, LocalExecutor, Timer};
+use futures_lite::{AsyncRead, AsyncWrite};
+use smol::{Async, LocalExecutor};
 
 use super::{Shared, tls};
 use crate::auth::{CertIdentity, Pending, Protocol};
@@ -96,51 +96,16 @@ pub async fn accept_limited(
     shared: &Shared,
     listener: &Async<TcpListener>,
     spec: &Spec,
-    mut serve: impl FnMut(Async<TcpStream>, SocketAddr),
-    mut limited: impl FnMut(Async<TcpStream>, SocketAddr, crate::ratelimit::Refusal),
+    serve: impl FnMut(Async<TcpStream>, SocketAddr),
+    limited: impl FnMut(Async<TcpStream>, SocketAddr, crate::ratelimit::Refusal),
 ) {
-    loop {
-        let stop = shared.shutdown.listen();
-        if shared.shutting_down.get() {
-            break;
-        }
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            stop.await;
-            None
-        })
-        .await;
-        let (stream, peer) = match accepted {
-            None => break,
-            Some(Ok(x)) => x,
-            Some(Err(e)) => {
-                // EMFILE and friends: log, back off briefly, keep serving.
-                log::warn!("{}: accept failed: {e}", spec.name);
-                Timer::after(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // The connection rate limit per source IP: before max_connections and before
-        // anything is read or written (TLS listeners share this loop: before the handshake).
-        if let Err(refusal) = shared.admit(peer, Protocol::Mqtt) {
-            limited(stream, peer, refusal); // MQTT: dropping the stream closes it
-            continue;
-        }
-        if spec.max_connections > 0 && spec.active.get() >= spec.max_connections {
-            shared.metrics.closed(CloseReason::ListenerFull);
-            log::warn!(
-                "{}: connection from {peer} refused: max_connections ({}) reached",
-                spec.name,
-                spec.max_connections
-            );
-            continue; // dropping the stream closes it before any CONNACK
-        }
-        if let Err(e) = stream.get_ref().set_nodelay(true) {
-            log::debug!("{}: TCP_NODELAY on {peer}: {e}", spec.name);
-        }
-        shared.metrics.add(Counter::ConnectionsAccepted, 1);
-        serve(stream, peer);
-    }
-    log::debug!("{}: accept loop stopped", spec.name);
+    let gate = super::Gate {
+        name: &spec.name,
+        protocol: Protocol::Mqtt,
+        max_connections: spec.max_connections,
+        active: &spec.active,
+    };
+    super::accept_until_shutdown(shared, listener, gate, serve, limited).await;
 }
 
 /// A TLS connection: the handshake (within `read_timeout`, counted in `max_connections`),

@@ -27,10 +27,10 @@
 //! lowered `max_tracked_ips` and cleared when the connection limit is switched off.
 //!
 //! # The calls each protocol makes (one line per call site)
-//! * **Every TCP listener** (MQTT and MQTT over TLS: `listener::mqtt::accept_loop`; HTTP:
-//!   `listener::http::accept_loop`; AMQP 0.9.1, AMQP 1.0 when they land), in its accept
-//!   loop right after `accept`, before TLS and before the connection counts against
-//!   `max_connections`: `if shared.admit(peer, Protocol::X).is_err() { continue; }`
+//! * **Every TCP listener** (MQTT, TLS, WebSocket, HTTP; AMQP 0.9.1 and 1.0 when they land)
+//!   accepts through `listener::accept_until_shutdown`, which calls
+//!   `shared.admit(peer, gate.protocol)` right after `accept`, before TLS and before the
+//!   connection counts against `max_connections`: a new TCP listener passes its `Gate`.
 //!   (`listener::Shared::admit`; dropping the stream closes it, nothing is written).
 //! * **WebSocket**: the same `shared.admit(peer, Protocol::Mqtt)` at accept, but answer a
 //!   refusal with HTTP 429 before the upgrade (FluxMQ's behaviour; `Retry-After` from
