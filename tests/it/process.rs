@@ -167,6 +167,7 @@ impl Process {
     }
 
     /// Resident memory of the process (VmRSS), bytes.
+    #[cfg_attr(not(feature = "auth-grpc"), allow(dead_code))] // used by auth_mqtt only
     pub(crate) fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kb: u64 = status
